@@ -1,0 +1,39 @@
+"""Global settings (``watchdog.yaml``, optional)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watchdog.config.types import Duration, PositiveDuration
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeDefaults(Strict):
+    interval: PositiveDuration = 30.0
+    timeout: PositiveDuration = 10.0
+    jitter: Duration = 2.0
+    """Each run starts up to this much later, so probes sharing an interval do not fire together."""
+
+
+class Retention(Strict):
+    raw: PositiveDuration = 2 * 86400.0
+    minutes: PositiveDuration = 35 * 86400.0
+
+
+class Settings(Strict):
+    state: str = "watchdog-state.db"
+    """A SQLite file path (default) or a ``postgresql://`` DSN shared by replicas."""
+    listen: str = Field(default="127.0.0.1:9108", pattern=r"^[^\s:]*:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    instance: str = ""
+    """Replica identity for leases and outbox claims; default hostname:pid."""
+    defaults: ProbeDefaults = Field(default_factory=ProbeDefaults)
+    retention: Retention = Field(default_factory=Retention)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    evaluation_interval: PositiveDuration = 5.0
+    flush_interval: PositiveDuration = 1.0
+    """How often buffered probe results are written to the store in one transaction."""

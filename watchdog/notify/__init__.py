@@ -1,0 +1,1 @@
+"""Notifiers: one module per integration (log, Slack, ...)."""

@@ -1,0 +1,35 @@
+"""The notifier contract: ``send`` a page; permanent failures fall back to the next channel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class NotifyError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    key: str
+    """Dedup key of the incident this page is about."""
+    title: str
+    severity: str
+    state: str
+    """firing | resolved | acknowledged"""
+    summary: str
+    runbook_url: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    level: str = "L1"
+
+
+class Notifier(Protocol):
+    name: str
+
+    async def send(self, page: Page) -> None:
+        """Deliver the page or raise NotifyError."""
+        ...

@@ -1,0 +1,36 @@
+"""A notifier that writes pages to the structured log: the demo's channel and the last-resort fallback."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from watchdog.notify.base import Page
+
+_log = logging.getLogger("watchdog.page")
+
+
+class LogNotifier:
+    name = "log"
+
+    def __init__(self) -> None:
+        # Bounded: the daemon runs for months; tests and the demo read the recent pages.
+        self.sent: deque[Page] = deque(maxlen=1000)
+
+    async def send(self, page: Page) -> None:
+        self.sent.append(page)
+        _log.warning(
+            "PAGE %s [%s] %s: %s",
+            page.state.upper(),
+            page.severity,
+            page.title,
+            page.summary,
+            extra={
+                "page_key": page.key,
+                "page_state": page.state,
+                "page_severity": page.severity,
+                "page_level": page.level,
+                "runbook": page.runbook_url,
+                "labels": dict(page.labels),
+            },
+        )

@@ -1,0 +1,1 @@
+"""Probe kinds. Config (``probes/*.yaml``) defines instances; code here defines kinds."""
