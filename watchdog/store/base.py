@@ -56,7 +56,9 @@ class MinuteAggregate:
     degraded: int
     latency_sum_s: float
     buckets: Mapping[float, int]
-    """Non-cumulative count per upper edge (``math.inf`` for the overflow bucket)."""
+    """Non-cumulative count per upper edge (``math.inf`` for the overflow bucket), ascending. Sparse: only
+    non-empty buckets are present (use ``.get(le, 0)``); every result is counted, failed ones included, so
+    ``sum(buckets.values()) == count``."""
 
     def count_at_or_under(self, threshold_s: float) -> int:
         """Events with latency <= threshold; exact when the threshold is a bucket edge, else a lower bound."""

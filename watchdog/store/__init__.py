@@ -1,0 +1,67 @@
+"""The watchdog's own state: probe aggregates, incidents, the outbox and the leader lease."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from watchdog.store._dsn import redact_dsn
+from watchdog.store.base import (
+    LATENCY_BUCKETS_S,
+    Incident,
+    Lease,
+    MinuteAggregate,
+    ObservationMinute,
+    OutboxItem,
+    StateStore,
+    StoreUnavailable,
+)
+from watchdog.store.memory import MemoryStore
+from watchdog.store.postgres import PostgresStore
+from watchdog.store.sqlite import SqliteStore
+
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "Incident",
+    "Lease",
+    "MemoryStore",
+    "MinuteAggregate",
+    "ObservationMinute",
+    "OutboxItem",
+    "PostgresStore",
+    "SqliteStore",
+    "StateStore",
+    "StoreUnavailable",
+    "open_store",
+    "redact_dsn",
+]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_store(spec: str, **kwargs: Any) -> StateStore:
+    """Build (not connect) the store named by ``spec``; call ``await store.open()`` next.
+
+    - ``postgresql://...`` / ``postgres://...`` → PostgresStore (kwargs: schema, connect_timeout_s, ...)
+    - ``memory://`` or ``:memory:`` → MemoryStore
+    - ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` (SQLAlchemy style) or a plain path → SqliteStore
+
+    Every backend accepts ``latency_buckets``, ``raw_retention_s`` and ``minute_retention_s``. An unknown
+    ``scheme://`` is a ValueError rather than a file of that name, so a typo does not silently create one.
+    """
+    m = _SCHEME.match(spec)
+    scheme = m.group(1).lower() if m else None
+    if scheme in ("postgresql", "postgres"):
+        return PostgresStore(spec, **kwargs)
+    if scheme == "memory" or spec == ":memory:":
+        return MemoryStore(**kwargs)
+    if scheme == "sqlite":
+        path = spec[len("sqlite:///") :] if spec.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"sqlite store spec needs a path: sqlite:///file.db, got {spec!r}")
+        return SqliteStore(path, **kwargs)
+    if scheme is not None:
+        raise ValueError(f"unknown store scheme {scheme!r} in {redact_dsn(spec)!r}")
+    if not spec:
+        raise ValueError("empty store spec")
+    return SqliteStore(spec, **kwargs)
