@@ -1,0 +1,161 @@
+"""``watchdog demo``: the reference service and the daemon on loopback, with a fault in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from watchdog.config import ConfigError, load_config
+from watchdog.logs import configure_logging
+from watchdog.results import parse_series_key
+
+
+@dataclass(frozen=True)
+class DemoPhase:
+    at_fraction: float
+    faults: dict[str, object]
+    note: str
+
+
+PHASES = (
+    DemoPhase(0.0, {}, "all healthy: flag at 5 % db"),
+    DemoPhase(0.35, {"db_error_rate": 1.0}, "the database path breaks (every DB-path request errors)"),
+    DemoPhase(0.65, {"db_latency_ms": 350}, "errors fixed, but the database path is slow (350 ms)"),
+    DemoPhase(0.85, {}, "all faults cleared"),
+)
+
+
+def demo_config_dir() -> Path:
+    return Path(str(resources.files("watchdog") / "demo_config"))
+
+
+async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Console) -> int:
+    from watchdog.cli import serve_daemon
+    from watchdog.demo import ReferenceServer
+    from watchdog.flags.flagd_file import write_initial
+
+    flag_path = workdir / "flags.json"
+    write_initial(flag_path, 5.0)
+    service = ReferenceServer(flag_path=flag_path, sqlite_path=workdir / "content.db", rate_limits=False)
+    base_url = await service.start()
+    os.environ["TARGET_BASE_URL"] = base_url
+    os.environ["WATCHDOG_STATE"] = str(workdir / "watchdog-state.db")
+    os.environ["WATCHDOG_LISTEN"] = listen
+    try:
+        config = load_config(demo_config_dir())
+    except ConfigError as exc:
+        await service.stop()
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        return 2
+    console.print(f"[bold]reference service[/] {base_url}   [bold]state[/] {config.settings.state}")
+    stop = asyncio.Event()
+    daemon_task = asyncio.create_task(
+        serve_daemon(config, config.settings.listen, config.settings.state, stop)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        for phase in PHASES:
+            delay = started + phase.at_fraction * duration_s - loop.time()
+            if delay > 0:
+                done, _ = await asyncio.wait({daemon_task}, timeout=delay)
+                if done:
+                    break  # the daemon stopped early (signal or error); report what we have
+            # Faults merge on POST; each phase starts from a clean slate.
+            (await client.delete("/_faults")).raise_for_status()
+            if phase.faults:
+                (await client.post("/_faults", json=phase.faults)).raise_for_status()
+            console.print(f"[cyan]t={loop.time() - started:5.1f}s[/] {phase.note}")
+        remaining = started + duration_s - loop.time()
+        if remaining > 0 and not daemon_task.done():
+            await asyncio.wait({daemon_task}, timeout=remaining)
+    stop.set()
+    status = await daemon_task
+    await service.stop()
+    await _report(config.settings.state, console)
+    return status
+
+
+async def _report(state: str, console: Console) -> None:
+    from watchdog.store import open_store
+
+    store = open_store(state)
+    await store.open()
+    try:
+        rows = await store.minutes(0, 2**40)
+        totals: dict[str, list[int]] = {}
+        for row in rows:
+            t = totals.setdefault(row.series, [0, 0, 0])
+            t[0] += row.count
+            t[1] += row.failures
+            t[2] += row.degraded
+        table = Table(title="what the watchdog saw")
+        for column in ("probe", "labels", "results", "failed", "degraded", "p50", "p95"):
+            table.add_column(
+                column,
+                justify="right" if column in {"results", "failed", "degraded", "p50", "p95"} else "left",
+            )
+        for series, (count, failures, degraded) in sorted(totals.items()):
+            probe, labels = parse_series_key(series)
+            q = await store.latency_quantiles(0, 2**40, [0.5, 0.95], probe=probe, labels=labels)
+            table.add_row(
+                probe,
+                " ".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                str(count),
+                f"[red]{failures}[/]" if failures else "0",
+                f"[yellow]{degraded}[/]" if degraded else "0",
+                _ms(q.get(0.5)),
+                _ms(q.get(0.95)),
+            )
+        console.print(table)
+        failing = [r for r in await store.recent(limit=2000) if r.reason and r.outcome.value != "ok"]
+        if failing:
+            console.print("[bold]example reasons[/]")
+            seen: set[tuple[str, str]] = set()
+            for r in failing:
+                key = (r.probe, r.reason)
+                if key not in seen and len(seen) < 6:
+                    seen.add(key)
+                    console.print(f"  {r.probe} {r.outcome.value}: {r.reason}")
+    finally:
+        await store.close()
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None or not math.isfinite(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+@click.command()
+@click.option("--duration", default=60.0, show_default=True, help="Seconds to run.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the flag file, databases and state here (default: a temporary directory).",
+)
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="Where the daemon serves /metrics.")
+@click.option("--json-logs/--quiet-logs", default=False, help="Show the daemon's JSON log lines.")
+def demo(duration: float, workdir: Path | None, listen: str, json_logs: bool) -> None:
+    """Start the reference service and the daemon on loopback with an embedded SQLite store and the log
+    notifier, break the database path for a while, then print what the watchdog saw. Exit 0."""
+    configure_logging("INFO" if json_logs else "ERROR")
+    console = Console(width=max(Console().width, 120))
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        sys.exit(asyncio.run(_run_demo(duration, workdir, listen, console)))
+    with tempfile.TemporaryDirectory(prefix="watchdog-demo-") as tmp:
+        sys.exit(asyncio.run(_run_demo(duration, Path(tmp), listen, console)))
+
+
+__all__ = ["demo", "demo_config_dir"]
