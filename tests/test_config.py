@@ -122,8 +122,10 @@ def test_duplicate_names_and_keys(tmp_path: Path) -> None:
         "  - name: twice\n    kind: http\n    kind: http\n    url: http://x/\n"
     )
     problems = _problems(root)
-    assert any(p.startswith("probes/dup.yaml:2: name: probe 'api-health' is already defined at probes/api.yaml:")
-               for p in problems), problems
+    assert any(
+        p.startswith("probes/dup.yaml:2: name: probe 'api-health' is already defined at probes/api.yaml:")
+        for p in problems
+    ), problems
     assert "probes/dup.yaml:7: duplicate key 'kind'" in problems
 
 
@@ -176,6 +178,8 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
 
 
 def test_console_script_help_runs_without_name_clash() -> None:
-    out = subprocess.run([sys.executable, "-m", "watchdog.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "watchdog.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("run", "check", "validate", "demo"):
         assert command in out.stdout

@@ -14,6 +14,7 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -26,15 +27,21 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from watchdog.alerting import AlertManager
 from watchdog.buffer import ResultBuffer
 from watchdog.clock import Clock, SystemClock
 from watchdog.config.loader import WatchdogConfig
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, RequestSpec
+from watchdog.dispatch import Dispatcher
 from watchdog.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
+from watchdog.notify.log import LogNotifier
 from watchdog.probes.base import Probe
 from watchdog.probes.registry import build_probe
 from watchdog.results import Outcome, ProbeResult
 from watchdog.store.base import LATENCY_BUCKETS_S, StateStore, StoreUnavailable
+
+if TYPE_CHECKING:
+    from watchdog.slo.engine import SloEngine
 
 _log = logging.getLogger("watchdog.daemon")
 
@@ -90,6 +97,10 @@ class Daemon:
         self.buffer = ResultBuffer(store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.evaluators: list[Evaluator] = []
+        self.slo_engine: SloEngine | None = None
+        self.alerts = AlertManager(config, store, self.clock)
+        self.log_notifier = LogNotifier()
+        self.dispatcher = Dispatcher(store, {"log": self.log_notifier}, self.clock, self.instance)
         self.is_leader = False
         self.started_at = 0.0
         self._last_outcome: dict[tuple[str, tuple[tuple[str, str], ...]], Outcome] = {}
@@ -101,6 +112,14 @@ class Daemon:
     async def start(self) -> None:
         await self.store.open()
         self.started_at = self.clock.now()
+        if self.config.slos:
+            from watchdog.slo.engine import SloEngine
+            from watchdog.slo.metrics import SloCollector
+
+            # Incidents still firing from before a restart resolve normally instead of being forgotten.
+            firing = await self.alerts.open_slo_incidents()
+            self.slo_engine = SloEngine(self.config.slos, self.store, self.clock, firing=firing)
+            self.registry.register(SloCollector(self.slo_engine))
         self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         self.scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
         self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
@@ -132,6 +151,13 @@ class Daemon:
             self._evaluate,
             IntervalTrigger(seconds=settings.evaluation_interval),
             id="evaluate",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self._dispatch,
+            IntervalTrigger(seconds=1),
+            id="dispatch",
             max_instances=1,
             coalesce=True,
         )
@@ -245,6 +271,10 @@ class Daemon:
 
     async def _evaluate(self) -> None:
         await self._renew_leadership()
+        try:
+            await self.evaluate_alerts()
+        except StoreUnavailable as exc:
+            _log.warning("alert evaluation skipped, store unavailable: %s", exc)
         for evaluator in self.evaluators:
             try:
                 await evaluator()
@@ -252,6 +282,33 @@ class Daemon:
                 _log.warning("evaluation skipped, store unavailable: %s", exc)
             except Exception:
                 _log.exception("evaluator failed")
+
+    async def evaluate_alerts(self) -> None:
+        """SLOs are evaluated on every replica (each serves /metrics); only the leader turns signals into
+        incidents, and even two would not double-page: transitions are compare-and-set."""
+        signals = []
+        if self.slo_engine is not None:
+            evaluation = await self.slo_engine.evaluate()
+            signals = evaluation.signals
+            for signal in signals:
+                _log.warning(
+                    "SLO %s %s %s: %s",
+                    signal.slo,
+                    signal.severity,
+                    signal.state,
+                    signal.summary,
+                    extra={"slo": signal.slo, "signal": signal.to_dict()},
+                )
+        if not self.is_leader:
+            return
+        await self.alerts.handle_slo_signals(signals)
+        await self.alerts.evaluate_probe_alerts()
+
+    async def _dispatch(self) -> None:
+        try:
+            await self.dispatcher.run_once()
+        except StoreUnavailable as exc:
+            _log.warning("dispatch skipped, store unavailable: %s", exc)
 
     async def _renew_leadership(self) -> None:
         ttl = max(15.0, self.config.settings.evaluation_interval * 3)

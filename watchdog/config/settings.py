@@ -35,5 +35,8 @@ class Settings(Strict):
     retention: Retention = Field(default_factory=Retention)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     evaluation_interval: PositiveDuration = 5.0
+    runbook_base_url: str = ""
+    """Where runbooks are published (e.g. a repository URL); pages link ``<base>/<alert>.md``. Empty: the
+    local file path."""
     flush_interval: PositiveDuration = 1.0
     """How often buffered probe results are written to the store in one transaction."""

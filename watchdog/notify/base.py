@@ -33,3 +33,7 @@ class Notifier(Protocol):
     async def send(self, page: Page) -> None:
         """Deliver the page or raise NotifyError."""
         ...
+
+
+NOTIFY_TOPIC = "notify"
+"""Outbox topic of pages waiting to be sent."""
