@@ -50,7 +50,7 @@ async def test_two_replicas_page_once_per_transition(tmp_path: Path, config: Wat
     notifiers = [LogNotifier(), LogNotifier()]
     dispatchers = [
         Dispatcher(store, {"log": n}, clock, f"replica-{i}")
-        for i, (store, n) in enumerate(zip(stores, notifiers))
+        for i, (store, n) in enumerate(zip(stores, notifiers, strict=True))
     ]
     await asyncio.gather(*(d.run_once() for d in dispatchers))
     pages = [p for n in notifiers for p in n.sent]
