@@ -198,4 +198,4 @@ def _probe_alert_state(alert: ProbeAlert, recent: Sequence[ProbeResult], now: fl
             labels = " ".join(f"{k}={v}" for k, v in sorted(streak[0].labels.items()))
             where = f" ({labels})" if labels else ""
             return True, f"{alert.probe}{where} failed {len(streak)} times in a row: {streak[0].reason}"
-    return False, ""
+    return False, f"{alert.probe} passes again"

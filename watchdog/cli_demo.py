@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -120,17 +121,38 @@ async def _report(state: str, console: Console) -> None:
                 _ms(q.get(0.95)),
             )
         console.print(table)
-        failing = [r for r in await store.recent(limit=2000) if r.reason and r.outcome.value != "ok"]
-        if failing:
+        incidents = await store.list_incidents()
+        if incidents:
+            table = Table(title="incidents")
+            for column in ("incident", "state", "severity", "summary"):
+                table.add_column(column)
+            for incident in incidents:
+                table.add_row(
+                    incident.key,
+                    incident.state,
+                    str(incident.data.get("severity", "")),
+                    str(incident.data.get("summary", "")),
+                )
+            console.print(table)
+        examples: dict[tuple[str, str], str] = {}
+        for r in await store.recent(limit=5000):
+            if r.outcome.value != "ok":
+                examples.setdefault((r.probe, r.outcome.value), r.reason)
+        if examples:
             console.print("[bold]example reasons[/]")
-            seen: set[tuple[str, str]] = set()
-            for r in failing:
-                key = (r.probe, r.reason)
-                if key not in seen and len(seen) < 6:
-                    seen.add(key)
-                    console.print(f"  {r.probe} {r.outcome.value}: {r.reason}")
+            for (probe, outcome), reason in sorted(examples.items()):
+                console.print(f"  {probe} {outcome}: {reason}", highlight=False)
     finally:
         await store.close()
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self._console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._console.print(f"[bold magenta]{record.getMessage()}[/]", highlight=False)
 
 
 def _ms(seconds: float | None) -> str:
@@ -151,6 +173,12 @@ def demo(duration: float, workdir: Path | None, listen: str, json_logs: bool) ->
     notifier, break the database path for a while, then print what the watchdog saw. Exit 0."""
     configure_logging("INFO" if json_logs else "ERROR")
     console = Console(width=max(Console().width, 120))
+    if not json_logs:
+        # Pages are the point of the demo: show them as they are sent, readable, even in quiet mode.
+        pages = logging.getLogger("watchdog.page")
+        pages.addHandler(_ConsoleHandler(console))
+        pages.setLevel(logging.INFO)
+        pages.propagate = False
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         sys.exit(asyncio.run(_run_demo(duration, workdir, listen, console)))

@@ -20,9 +20,10 @@ class LogNotifier:
     async def send(self, page: Page) -> None:
         self.sent.append(page)
         _log.warning(
-            "PAGE %s [%s] %s: %s",
+            "PAGE %s [%s → %s] %s: %s",
             page.state.upper(),
             page.severity,
+            page.level,
             page.title,
             page.summary,
             extra={
