@@ -1,0 +1,170 @@
+"""The HTTP client shared by the http and journey probes, plus small helpers both need.
+
+Transport choice (measured with ``bench/http_transport.py``, loopback, 2 cores): httpx's default transport
+(httpcore) costs several times the CPU per request of ``httpx_aiohttp.AiohttpTransport``, so ``"auto"``
+picks the aiohttp transport and keeps the httpx API on top.
+
+One client per probe instance, reused across runs (keep-alive), closed by the probe's ``aclose``. The
+client's own cookie jar refuses every cookie: an http probe's runs stay independent, and a journey keeps a
+fresh jar per run itself (:class:`httpx.Cookies`), so nothing leaks from one run into the next.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.cookiejar
+import re
+import ssl
+import urllib.parse
+from typing import Any, Literal
+
+import httpcore
+import httpx
+
+Transport = Literal["auto", "aiohttp", "httpx"]
+
+DEFAULT_KEEPALIVE_S = 120.0
+MAX_BODY_BYTES = 10 * 1024 * 1024
+"""Bodies are read up to this size; a bigger body fails the check instead of exhausting memory."""
+
+_SECRET_PARAM = re.compile(r"token|key|pass|secret|auth|signature|^sig$|credential|session", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+@functools.cache
+def ssl_context(verify: bool) -> ssl.SSLContext:
+    """One context per verify mode for the whole process: loading the CA bundle costs milliseconds."""
+    return httpx.create_ssl_context(verify=verify)
+
+
+class _RefusingCookieJar(http.cookiejar.CookieJar):
+    """The probe client's own jar: stores nothing, sends nothing (runs must stay independent)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
+
+
+def make_client(
+    timeout_s: float,
+    *,
+    transport: Transport = "auto",
+    verify: bool = True,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    max_connections: int = 10,
+) -> httpx.AsyncClient:
+    """An :class:`httpx.AsyncClient` for probes.
+
+    ``transport``: ``"auto"`` (the measured-faster aiohttp transport when installed), ``"aiohttp"``, or
+    ``"httpx"`` (httpx's default httpcore transport). ``keepalive_s`` should exceed the probe interval so
+    connections are reused across runs; servers that close idle connections earlier are handled by the
+    transports (aiohttp retries an idempotent request once on a stale pooled connection).
+    """
+    timeout = httpx.Timeout(timeout_s)
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_s,
+    )
+    context = ssl_context(verify)
+    if transport in ("auto", "aiohttp"):
+        try:
+            import aiohttp
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:
+            if transport == "aiohttp":
+                raise
+        else:
+
+            def session() -> aiohttp.ClientSession:
+                # Created lazily inside the running loop. aiohttp's own cookie jar is disabled: cookies are
+                # handled on the httpx side (see module docstring).
+                connector = aiohttp.TCPConnector(
+                    ssl=context, limit=max_connections, keepalive_timeout=keepalive_s
+                )
+                return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+            return httpx.AsyncClient(
+                transport=AiohttpTransport(verify=context, limits=limits, client=session),
+                timeout=timeout,
+                cookies=_RefusingCookieJar(),
+            )
+    elif transport != "httpx":
+        raise ValueError(f"unknown transport {transport!r} (auto, aiohttp, httpx)")
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(verify=context, limits=limits),
+        timeout=timeout,
+        cookies=_RefusingCookieJar(),
+    )
+
+
+_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The ``charset`` parameter of a Content-Type (httpx's own parser goes through ``email.message``)."""
+    if not content_type:
+        return None
+    match = _CHARSET.search(content_type)
+    return match.group(1) if match else None
+
+
+def one_line(text: str, limit: int = 240) -> str:
+    text = _WHITESPACE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_error(exc: BaseException, timeout_s: float) -> str:
+    """``Type: message`` for a result's reason; timeouts read ``timeout after N s (...)``.
+
+    The httpx transports wrap the underlying error (aiohttp, httpcore) and the aiohttp transport maps some
+    of them oddly (a server disconnect becomes ``ConnectTimeout``), so the original cause is shown when
+    there is one.
+    """
+    shown: BaseException = exc
+    if isinstance(exc, httpx.TransportError) and isinstance(exc.__cause__, Exception):
+        shown = exc.__cause__
+    message = one_line(str(shown))
+    name = type(shown).__name__
+    if isinstance(shown, TimeoutError | httpx.TimeoutException | httpcore.TimeoutException):
+        return f"timeout after {timeout_s:g} s" + (f" ({name}: {message})" if message else "")
+    return f"{name}: {message}" if message else name
+
+
+@functools.lru_cache(maxsize=1024)
+def redact_url(url: str) -> str:
+    """The URL without userinfo and with secret-looking query values replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        redacted = []
+        for item in query.split("&"):
+            name, eq, _ = item.partition("=")
+            if eq and _SECRET_PARAM.search(urllib.parse.unquote_plus(name)):
+                item = f"{name}=***"
+            redacted.append(item)
+        query = "&".join(redacted)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+async def read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """Read a streamed response's body, at most ``limit`` bytes; ``None`` when it is bigger."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
