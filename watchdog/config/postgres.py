@@ -42,11 +42,13 @@ class ConnectionThresholds(_Strict):
     app_instances: int | None = Field(default=None, ge=1)
     """Headroom forecast: the service's maximum instance count (Cloud Run max instances) ..."""
     pool_max: int | None = Field(default=None, ge=1)
-    """... times its per-instance pool size, compared with the slots available. 10 × 20 against 50 degrades."""
+    """... times its per-instance pool size, compared with the slots available (10 × 20 against 50
+    degrades)."""
     other_clients: int = Field(default=0, ge=0)
     """Connections other clients (migrations, admin tools, this watchdog) need on top of the pools."""
     top: int = Field(default=10, ge=1, le=100)
-    """Connections are broken down by the ``top`` busiest application names and users (the rest: ``other``)."""
+    """Connections are broken down by the ``top`` busiest application names and users (the rest:
+    ``other``)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> ConnectionThresholds:

@@ -1,0 +1,20 @@
+"""Metric sources: external numbers (CPU, memory) for checks. See ``watchdog.sources.base``."""
+
+from __future__ import annotations
+
+from watchdog.sources.base import MetricSource, MetricSourceError, Sample, single_value
+from watchdog.sources.fake import FakeMetricSource
+from watchdog.sources.proc import ProcMetricSource
+from watchdog.sources.prometheus import NODE_CPU_PERCENT, NODE_MEMORY_PERCENT, PrometheusMetricSource
+
+__all__ = [
+    "NODE_CPU_PERCENT",
+    "NODE_MEMORY_PERCENT",
+    "FakeMetricSource",
+    "MetricSource",
+    "MetricSourceError",
+    "ProcMetricSource",
+    "PrometheusMetricSource",
+    "Sample",
+    "single_value",
+]
