@@ -15,6 +15,7 @@ from watchdog.cli import main
 from watchdog.cli_demo import demo_config_dir
 from watchdog.config import ConfigError, load_config
 from watchdog.config.loader import expand_env
+from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,14 @@ def _problems(root: Path, environ: dict[str, str] | None = None) -> list[str]:
 def test_shipped_example_config_is_valid() -> None:
     config = load_config(REPO, environ={"TARGET_BASE_URL": "https://ai-square.example"})
     names = {p.name for p in config.probes}
-    assert {"api-health", "monitoring-health", "learner-journey", "content-db", "content-yaml"} <= names
+    assert {
+        "api-health",
+        "monitoring-health",
+        "learner-journey",
+        "content-db",
+        "content-yaml",
+        "ai-square-db",
+    } <= names
     health = config.probe("api-health")
     assert isinstance(health, HttpProbeConfig)
     assert health.url == "https://ai-square.example/api/health"
@@ -50,6 +58,9 @@ def test_shipped_example_config_is_valid() -> None:
     assert [lv.level for lv in config.escalation[0].levels] == ["L1", "L2", "L3"]
     assert config.escalation[0].levels[0].ack_within == 1800
     assert config.escalation[0].levels[1].ack_within == 7200
+    db = config.probe("ai-square-db")
+    assert isinstance(db, PostgresProbeConfig)
+    assert db.connections.app_instances == 10 and db.connections.pool_max == 20
 
 
 def test_demo_config_is_valid() -> None:
@@ -169,7 +180,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["validate", "--config", str(REPO)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output.startswith("ok: 6 probes")
+    assert ok.output.startswith("ok: 7 probes, 7 SLOs, 8 alerts")
     root = _copy_example(tmp_path)
     (root / "probes" / "api.yaml").write_text("probes:\n  - name: x\n    kind: http\n")
     bad = runner.invoke(main, ["validate", "--config", str(root)])
