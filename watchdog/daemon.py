@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -44,9 +44,6 @@ if TYPE_CHECKING:
     from watchdog.slo.engine import SloEngine
 
 _log = logging.getLogger("watchdog.daemon")
-
-Evaluator = Callable[[], Awaitable[None]]
-
 
 def latency_edges(config: WatchdogConfig) -> tuple[float, ...]:
     """The store's and /metrics' latency bucket edges: the defaults plus every latency threshold the
@@ -96,7 +93,6 @@ class Daemon:
         self.registry, self.probe_metrics, self.snapshot = build_registry(latency_edges(config))
         self.buffer = ResultBuffer(store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.evaluators: list[Evaluator] = []
         self.slo_engine: SloEngine | None = None
         self.alerts = AlertManager(config, store, self.clock)
         self.log_notifier = LogNotifier()
@@ -275,13 +271,6 @@ class Daemon:
             await self.evaluate_alerts()
         except StoreUnavailable as exc:
             _log.warning("alert evaluation skipped, store unavailable: %s", exc)
-        for evaluator in self.evaluators:
-            try:
-                await evaluator()
-            except StoreUnavailable as exc:
-                _log.warning("evaluation skipped, store unavailable: %s", exc)
-            except Exception:
-                _log.exception("evaluator failed")
 
     async def evaluate_alerts(self) -> None:
         """SLOs are evaluated on every replica (each serves /metrics); only the leader turns signals into
