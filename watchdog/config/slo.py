@@ -1,12 +1,45 @@
-"""SLO instances (``slo/*.yaml``). The SLO engine (watchdog/slo) evaluates them from store aggregates."""
+"""SLO instances (``slo/*.yaml``). The SLO engine (watchdog/slo) evaluates them from store aggregates.
+
+A file holds ``slos: [...]``. Example (the seed's "error rate < 0.1 %")::
+
+    slos:
+      - name: api-availability
+        objective: 99.9                 # percent of good events
+        sli: {kind: error_rate, probe: api-health}
+        window: {kind: rolling, length: 30d}        # the default
+        no_data: alert
+
+Defaults follow the SRE Workbook ("Alerting on SLOs"): page at 14.4x over 1 h and 5 min, page at 6x over 6 h
+and 30 min, ticket at 1x over 3 d and 6 h. See watchdog/slo/__init__.py for the exact semantics.
+"""
 
 from __future__ import annotations
 
+import math
+import zoneinfo
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchdog.config.types import Duration, Name, PositiveDuration
+
+_UNITS: tuple[tuple[str, int], ...] = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def format_duration(seconds: float) -> str:
+    """Compact label for a window length: ``300 -> "5m"``, ``3600 -> "1h"``, ``90 -> "90s"``.
+
+    The largest unit that divides the length exactly; used in rule names, metric labels and reports.
+    """
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "0s"
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    for unit, size in _UNITS:
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"  # pragma: no cover - the "s" unit always divides
 
 
 class Strict(BaseModel):
@@ -14,13 +47,37 @@ class Strict(BaseModel):
 
 
 class RollingWindow(Strict):
+    """The last ``length`` (default 30 days), moving with the clock."""
+
     kind: Literal["rolling"] = "rolling"
     length: PositiveDuration = 30 * 86400.0
 
+    @field_validator("length")
+    @classmethod
+    def _sane_length(cls, length: float) -> float:
+        if not 60.0 <= length <= 400 * 86400.0:
+            raise ValueError("a rolling window is between 1m and 400d long")
+        return length
+
 
 class CalendarWindow(Strict):
+    """The current calendar month in ``timezone`` (IANA name): from local midnight on the 1st to now.
+
+    Months in zones with daylight saving time are 743/744/745 hours long; the budget resets at local
+    midnight on the 1st.
+    """
+
     kind: Literal["calendar_month"]
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Asia/Taipei)") from exc
+        return name
 
 
 Window = Annotated[RollingWindow | CalendarWindow, Field(discriminator="kind")]
@@ -33,14 +90,21 @@ class ProbeSelector(Strict):
 
 
 class RatioSli(ProbeSelector):
-    """Good events / all events from probe results (availability, error rate)."""
+    """Good events / all events from probe results. ``availability`` and ``error_rate`` are the same
+    measurement: "error rate < 0.1 %" is ``kind: error_rate, objective: 99.9``."""
 
-    kind: Literal["availability"]
+    kind: Literal["availability", "error_rate"]
     degraded_is_good: bool = True
 
 
 class LatencySli(ProbeSelector):
-    """Events faster than ``threshold`` / all events; exact when the threshold is a bucket edge."""
+    """Events at or under ``threshold`` / all events; exact when the threshold is a bucket edge of the store
+    (the daemon adds every configured threshold to the store's edges).
+
+    With ``count_failures_as_bad`` a failed result is bad however fast it was. The store keeps one latency
+    histogram per minute for all outcomes, so the engine counts ``min(fast, not failed)`` as good: exact
+    when the failures of a minute were all slow (timeouts) or all fast (refused), an upper bound otherwise.
+    """
 
     kind: Literal["latency"]
     threshold: PositiveDuration
@@ -48,42 +112,70 @@ class LatencySli(ProbeSelector):
 
 
 class UptimeSli(ProbeSelector):
-    """Fraction of good minutes: a minute is good when its good-event ratio reaches ``minute_good_ratio``."""
+    """Fraction of good minutes: a minute is good when its good-event ratio reaches ``minute_good_ratio``.
+
+    A minute counts once it is over; minutes without results follow the SLO's ``no_data`` policy.
+    """
 
     kind: Literal["uptime"]
     minute_good_ratio: float = Field(default=1.0, gt=0, le=1)
+    degraded_is_good: bool = True
 
 
 class MetricThresholdSli(ProbeSelector):
-    """Good time slices: minutes whose observation (e.g. ``db_cpu_percent``) stays under/over a bound."""
+    """Good time slices: minutes whose observation (e.g. ``db_cpu_percent``) stays under ``below`` / over
+    ``above`` (strictly). ``aggregate`` picks the minute's value from its observations."""
 
     kind: Literal["metric_threshold"]
-    observation: str
+    observation: str = Field(min_length=1)
     below: float | None = None
     above: float | None = None
-    aggregate: Literal["max", "avg", "last"] = "max"
+    aggregate: Literal["max", "min", "avg", "last"] = "max"
 
     @model_validator(mode="after")
     def _one_bound(self) -> MetricThresholdSli:
         if (self.below is None) == (self.above is None):
             raise ValueError("give exactly one of below or above")
+        bound = self.below if self.below is not None else self.above
+        if bound is not None and not math.isfinite(bound):
+            raise ValueError("the bound must be a finite number")
         return self
 
 
 Sli = Annotated[RatioSli | LatencySli | UptimeSli | MetricThresholdSli, Field(discriminator="kind")]
 
+TIME_SLICE_KINDS = frozenset({"uptime", "metric_threshold"})
+"""SLI kinds measured in good/bad minutes rather than good/bad events."""
+
 
 class BurnRateAlert(Strict):
+    """Fires when the burn rate exceeds ``burn_rate`` over both windows; resolves once the short window has
+    been back under it for ``resolve_after``."""
+
+    name: Name | None = None
+    """Rule id in statuses and metrics; default ``<severity>-<long>-<short>``, e.g. ``page-1h-5m``."""
     severity: Literal["page", "ticket"]
-    burn_rate: float = Field(gt=0)
+    burn_rate: float = Field(gt=0, allow_inf_nan=False)
     long_window: PositiveDuration
     short_window: PositiveDuration
+    resolve_after: Duration | None = None
+    """Hysteresis hold; default the SLO's ``resolve_after``, else a tenth of the short window."""
+    min_events: int | None = Field(default=None, ge=0)
+    """Per-rule low-traffic guard; default the SLO's ``min_events``."""
 
     @model_validator(mode="after")
     def _short_is_shorter(self) -> BurnRateAlert:
         if self.short_window >= self.long_window:
             raise ValueError("short_window must be shorter than long_window")
+        if self.long_window > 400 * 86400.0:
+            raise ValueError("long_window is at most 400d")
         return self
+
+    @property
+    def rule_id(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.severity}-{format_duration(self.long_window)}-{format_duration(self.short_window)}"
 
 
 def default_burn_rate_alerts() -> list[BurnRateAlert]:
@@ -98,16 +190,45 @@ def default_burn_rate_alerts() -> list[BurnRateAlert]:
 class SloConfig(Strict):
     name: Name
     description: str = ""
-    objective: float = Field(gt=0, lt=100)
+    objective: float = Field(gt=0, lt=100, allow_inf_nan=False)
     """Percent of good events/minutes, e.g. 99.9."""
     sli: Sli
     window: Window = Field(default_factory=RollingWindow)
     alerts: list[BurnRateAlert] = Field(default_factory=default_burn_rate_alerts)
-    min_events: int = Field(default=10, ge=0)
-    """Fewer events than this in a window: its burn rate does not count (low-traffic guard)."""
+    min_events: int = Field(default=8, ge=0)
+    """Low-traffic guard: a window with fewer events (probe results; observations for metric SLIs) does
+    not count towards an alert. A 30 s probe puts ~10 results in a 5-minute window; a service with 10
+    events an hour has ~1 in 5 minutes and ~5 in 30 minutes, so a single failure cannot page it."""
     no_data: Literal["ignore", "alert", "bad"] = "ignore"
-    resolve_after: Duration = 300.0
-    """Hysteresis: a firing alert resolves only after its short window stayed under the rate this long."""
+    """What a stretch without data means: ``ignore`` (nothing; burn rates only from data present),
+    ``alert`` (a no-data signal of ``no_data_severity``), ``bad`` (missing minutes are bad minutes / bad
+    events at the window's event rate)."""
+    no_data_after: Duration = 120.0
+    """Silence shorter than this is not "no data" (jitter, a slow probe); set it above the probe interval
+    for probes that run less than once a minute."""
+    no_data_severity: Literal["page", "ticket"] = "ticket"
+    resolve_after: Duration | None = None
+    """Hysteresis for every rule without its own: a firing alert resolves only after its short window has
+    stayed under the rate this long. Default: a tenth of each rule's short window (30 s for the 5-minute
+    page, 3 min for the 30-minute one, 36 min for the 6-hour ticket). The short window itself must first
+    empty of the errors, so a 14.4x page resolves about 5.5 minutes after errors stop."""
+
+    @model_validator(mode="after")
+    def _unique_rules(self) -> SloConfig:
+        ids = [a.rule_id for a in self.alerts]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"alert rules need distinct names (give `name:`); repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def objective_ratio(self) -> float:
+        """0.999 for 99.9 (rounded so that 99.9 / 100 does not show as 0.9990000000000001)."""
+        return round(self.objective / 100.0, 12)
+
+    @property
+    def time_slices(self) -> bool:
+        return self.sli.kind in TIME_SLICE_KINDS
 
 
 class SloFile(Strict):
