@@ -72,6 +72,43 @@ async def test_two_replicas_page_once_per_transition(tmp_path: Path, config: Wat
         await store.close()
 
 
+async def test_no_data_is_its_own_incident(tmp_path: Path, config: WatchdogConfig) -> None:
+    clock = FakeClock()
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    manager = AlertManager(config, store, clock)
+    burn = _signal("firing", clock.now())
+    silent = AlertSignal(
+        slo="content-db-availability",
+        severity="ticket",
+        state="firing",
+        burn_rates={},
+        at=clock.now(),
+        summary="no data for 2m",
+        reason="no_data",
+    )
+    moved = await manager.handle_slo_signals([burn, silent])
+    assert sorted(t.key for t in moved) == ["alert:content-db-burn", "alert:content-db-burn:no_data"]
+    assert sorted(await manager.open_slo_incidents()) == [
+        ("content-db-availability", "no_data"),
+        ("content-db-availability", "page"),
+    ]
+    quiet_again = AlertSignal(
+        slo="content-db-availability",
+        severity="ticket",
+        state="resolved",
+        burn_rates={},
+        at=clock.now(),
+        summary="",
+        reason="no_data",
+    )
+    moved = await manager.handle_slo_signals([quiet_again])
+    assert [(t.key, t.state) for t in moved] == [("alert:content-db-burn:no_data", "resolved")]
+    burning = await store.get_incident("alert:content-db-burn")
+    assert burning is not None and burning.state == "firing", "no-data resolving leaves the burn firing"
+    await store.close()
+
+
 async def test_ticket_signals_only_reach_ticket_alerts(tmp_path: Path, config: WatchdogConfig) -> None:
     clock = FakeClock()
     store = SqliteStore(tmp_path / "s.db")
@@ -173,4 +210,3 @@ async def test_transient_error_retries_later_with_backoff(tmp_path: Path) -> Non
     await dispatcher.run_once()
     assert broken.calls == 2
     await store.close()
-

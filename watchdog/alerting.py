@@ -38,6 +38,10 @@ class SloSignal(Protocol):
     def summary(self) -> str: ...
     @property
     def at(self) -> float: ...
+    @property
+    def reason(self) -> str:
+        """``burn_rate`` or ``no_data``: each is its own incident, so one never resolves the other."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +61,33 @@ class AlertManager:
         self._probe_alerts = [a for a in config.alerts if isinstance(a, ProbeAlert)]
 
     async def open_slo_incidents(self) -> list[tuple[str, str]]:
-        """(slo, signal severity) pairs whose incidents are firing, so a restarted engine resolves them."""
+        """(slo, "page" | "ticket" | "no_data") pairs whose incidents are firing, so a restarted engine
+        resolves them instead of forgetting them."""
         firing = {i.key for i in await self._store.list_incidents([FIRING])}
-        return [
-            (a.slo, "ticket" if a.severity == "ticket" else "page")
-            for a in self._slo_alerts
-            if _incident_key(a.name) in firing
-        ]
+        pairs = []
+        for alert in self._slo_alerts:
+            if _incident_key(alert.name) in firing:
+                pairs.append((alert.slo, "ticket" if alert.severity == "ticket" else "page"))
+            if _incident_key(alert.name, "no_data") in firing:
+                pairs.append((alert.slo, "no_data"))
+        return pairs
 
     async def handle_slo_signals(self, signals: Sequence[SloSignal]) -> list[Transition]:
         done: list[Transition] = []
         for signal in signals:
             for alert in self._slo_alerts:
-                if alert.slo != signal.slo or (alert.severity == "ticket") != (signal.severity == "ticket"):
+                if alert.slo != signal.slo:
+                    continue
+                no_data = signal.reason == "no_data"
+                # A no-data signal goes to every alert of its SLO; a burn-rate signal to the alerts of its
+                # severity (page/critical alerts take page signals, ticket alerts ticket signals).
+                if not no_data and (alert.severity == "ticket") != (signal.severity == "ticket"):
                     continue
                 state = FIRING if signal.state == "firing" else RESOLVED
                 summary = f"{alert.summary} {signal.summary}".strip()
-                moved = await self._transition(alert, state, summary, {"slo": alert.slo})
+                moved = await self._transition(
+                    alert, state, summary, {"slo": alert.slo}, variant="no_data" if no_data else ""
+                )
                 if moved:
                     done.append(moved)
         return done
@@ -92,9 +106,14 @@ class AlertManager:
         return done
 
     async def _transition(
-        self, alert: SloAlert | ProbeAlert, state: str, summary: str, labels: Mapping[str, str]
+        self,
+        alert: SloAlert | ProbeAlert,
+        state: str,
+        summary: str,
+        labels: Mapping[str, str],
+        variant: str = "",
     ) -> Transition | None:
-        key = _incident_key(alert.name)
+        key = _incident_key(alert.name, variant)
         current = await self._store.get_incident(key)
         if current is None and state == RESOLVED:
             return None
@@ -113,7 +132,7 @@ class AlertManager:
         )
         if incident is None:
             return None  # another replica made this transition; it pages, we do not
-        await self._enqueue_pages(alert, state, summary, labels, incident.version, now)
+        await self._enqueue_pages(alert, key, state, summary, labels, incident.version, now)
         _log.warning(
             "incident %s %s", key, state, extra={"incident": key, "state": state, "severity": alert.severity}
         )
@@ -122,6 +141,7 @@ class AlertManager:
     async def _enqueue_pages(
         self,
         alert: SloAlert | ProbeAlert,
+        key: str,
         state: str,
         summary: str,
         labels: Mapping[str, str],
@@ -133,7 +153,7 @@ class AlertManager:
         for level in levels:
             targets = [t.model_dump() for t in level_targets(policy, level)]
             payload = {
-                "key": _incident_key(alert.name),
+                "key": key,
                 "title": alert.name,
                 "severity": alert.severity,
                 "state": state,
@@ -143,9 +163,7 @@ class AlertManager:
                 "level": level,
                 "targets": targets,
             }
-            await self._store.enqueue(
-                NOTIFY_TOPIC, payload, f"{_incident_key(alert.name)}:v{version}:{level}", now
-            )
+            await self._store.enqueue(NOTIFY_TOPIC, payload, f"{key}:v{version}:{level}", now)
 
     def runbook_url(self, alert: str) -> str:
         base = self._config.settings.runbook_base_url
@@ -155,8 +173,8 @@ class AlertManager:
         return str(path.resolve()) if path else ""
 
 
-def _incident_key(alert: str) -> str:
-    return f"alert:{alert}"
+def _incident_key(alert: str, variant: str = "") -> str:
+    return f"alert:{alert}:{variant}" if variant else f"alert:{alert}"
 
 
 def _levels_to_page(policy: EscalationPolicy | None, severity: str) -> list[str]:
