@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from watchdog import __version__
 from watchdog.clock import SystemClock
 from watchdog.config import ConfigError, WatchdogConfig, load_config
 from watchdog.logs import configure_logging
 from watchdog.results import Outcome, ProbeResult
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 _log = logging.getLogger("watchdog.cli")
 
@@ -44,7 +47,38 @@ def _load_or_exit(config_dir: Path) -> WatchdogConfig:
         sys.exit(EXIT_CONFIG)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """A group whose subcommands can be registered as ``"module:attribute"`` and imported on first use.
+
+    The subcommand modules pull in rich, asyncpg, psycopg and more; ``watchdog run`` needs none of them, and
+    importing them made the daemon megabytes bigger and slower to start (bench/RESULTS-foundation.md).
+    ``--help`` still lists them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, str] = {}
+
+    def add_lazy_command(self, name: str, import_path: str) -> None:
+        self._lazy[name] = import_path
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self._lazy:
+            module, _, attribute = self._lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self._lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="watchdog")
 def main() -> None:
     """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs, Slack escalation and automatic
@@ -56,6 +90,8 @@ def main() -> None:
       watchdog validate --config DIR     check a config directory
       watchdog check --config DIR        run every probe once, now
       watchdog run --config DIR          the daemon
+      watchdog db inspect DSN            the database at a glance (3 a.m. view)
+      watchdog slo report --config DIR   objectives, budgets, burn rates, forecasts
     """
 
 
@@ -78,6 +114,8 @@ def _outcome_style(outcome: Outcome) -> str:
 
 
 def _results_table(results: Sequence[ProbeResult]) -> Table:
+    from rich.table import Table
+
     table = Table(title="watchdog check", show_lines=False)
     table.add_column("probe")
     table.add_column("labels")
@@ -143,6 +181,8 @@ def check(config_dir: Path, as_json: bool, only: tuple[str, ...]) -> None:
     if as_json:
         click.echo(json.dumps([result_to_json(r) for r in results], indent=2, ensure_ascii=False))
     else:
+        from rich.console import Console
+
         Console().print(_results_table(results))
     sys.exit(1 if any(r.outcome is Outcome.FAILED for r in results) else 0)
 
@@ -208,9 +248,10 @@ def run(config_dir: Path, listen: str | None, state: str | None) -> None:
 
 
 def _attach_subcommands() -> None:
-    from watchdog.cli_demo import demo
-
-    main.add_command(demo)
+    # Imported when invoked (or listed by --help), not on every start: see _LazyGroup.
+    main.add_lazy_command("demo", "watchdog.cli_demo:demo")
+    main.add_lazy_command("db", "watchdog.cli_db:db")
+    main.add_lazy_command("slo", "watchdog.cli_slo:slo")
 
 
 _attach_subcommands()

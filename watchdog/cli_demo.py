@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from watchdog.config import ConfigError, load_config
@@ -152,7 +153,8 @@ class _ConsoleHandler(logging.Handler):
         self._console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._console.print(f"[bold magenta]{record.getMessage()}[/]", highlight=False)
+        # escape: page lines contain "[critical → L1]", which Rich would take for markup.
+        self._console.print(f"[bold magenta]{escape(record.getMessage())}[/]", highlight=False)
 
 
 def _ms(seconds: float | None) -> str:

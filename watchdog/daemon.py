@@ -101,6 +101,8 @@ class Daemon:
         self.started_at = 0.0
         self._last_outcome: dict[tuple[str, tuple[tuple[str, str], ...]], Outcome] = {}
         self._running: set[asyncio.Task[None]] = set()
+        self._due: dict[str, datetime] = {}
+        """Probe name → when its submitted run was due (scheduled time, jitter included)."""
         self.runs_completed = 0
         self._stopped = False
 
@@ -204,6 +206,10 @@ class Daemon:
     async def _run_probe(self, probe: Probe) -> None:
         task = asyncio.current_task()
         assert task is not None
+        due = self._due.pop(probe.name, None)
+        if due is not None:
+            lag = (datetime.now(UTC) - due).total_seconds()
+            self.probe_metrics.scheduler_lag.observe(max(0.0, lag))
         self._running.add(task)
         try:
             results = await self.run_probe_once(probe)
@@ -324,13 +330,14 @@ class Daemon:
 
     # -- scheduler events ------------------------------------------------------------------------------
     def _on_submitted(self, event: JobEvent) -> None:
+        # Only note when the run was due: the lag is observed when the probe's coroutine really starts
+        # (_run_probe), so time spent waiting for a busy event loop after submission counts too.
         if (
             isinstance(event, JobSubmissionEvent)
             and event.job_id.startswith("probe:")
             and event.scheduled_run_times
         ):
-            lag = (datetime.now(UTC) - event.scheduled_run_times[-1]).total_seconds()
-            self.probe_metrics.scheduler_lag.observe(max(0.0, lag))
+            self._due[event.job_id.removeprefix("probe:")] = event.scheduled_run_times[-1]
 
     def _on_skipped(self, event: JobEvent) -> None:
         if event.job_id.startswith("probe:"):

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from watchdog import __version__
 from watchdog.daemon import Daemon
+from watchdog.metrics import exposition
 
 _log = logging.getLogger("watchdog.server")
 
@@ -24,7 +25,7 @@ _log = logging.getLogger("watchdog.server")
 def create_app(daemon: Daemon) -> Starlette:
     async def metrics(_: Request) -> Response:
         await daemon.refresh_snapshot(daemon.snapshot)
-        return Response(generate_latest(daemon.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(daemon.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")

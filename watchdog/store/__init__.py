@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog.store._dsn import redact_dsn
 from watchdog.store.base import (
@@ -17,8 +17,10 @@ from watchdog.store.base import (
     StoreUnavailable,
 )
 from watchdog.store.memory import MemoryStore
-from watchdog.store.postgres import PostgresStore
 from watchdog.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from watchdog.store.postgres import PostgresStore
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -36,6 +38,16 @@ __all__ = [
     "redact_dsn",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore is imported on first use: psycopg costs ~9 MB of RSS in a daemon on SQLite.
+    if name == "PostgresStore":
+        from watchdog.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -52,6 +64,8 @@ def open_store(spec: str, **kwargs: Any) -> StateStore:
     m = _SCHEME.match(spec)
     scheme = m.group(1).lower() if m else None
     if scheme in ("postgresql", "postgres"):
+        from watchdog.store.postgres import PostgresStore
+
         return PostgresStore(spec, **kwargs)
     if scheme == "memory" or spec == ":memory:":
         return MemoryStore(**kwargs)

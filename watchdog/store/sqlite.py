@@ -367,16 +367,18 @@ class SqliteStore:
                     for (okey, minute), o in batch.obs.items()
                 ],
             )
+            # Every latest result is also a raw one: encode each result once.
+            text = {id(r): result_to_json(r) for r in batch.raw}
             conn.executemany(
                 "INSERT INTO latest (series_id, probe, started_at, result) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (series_id) DO UPDATE SET probe = excluded.probe,"
                 " started_at = excluded.started_at, result = excluded.result"
                 " WHERE excluded.started_at >= latest.started_at",
-                [(rid[skey], r.probe, r.started_at, result_to_json(r)) for skey, r in batch.latest.items()],
+                [(rid[skey], r.probe, r.started_at, text[id(r)]) for skey, r in batch.latest.items()],
             )
             conn.executemany(
                 "INSERT INTO raw_result (probe, started_at, result) VALUES (?, ?, ?)",
-                [(r.probe, r.started_at, result_to_json(r)) for r in batch.raw],
+                [(r.probe, r.started_at, text[id(r)]) for r in batch.raw],
             )
         # Only cache ids once committed: a rolled-back insert would leave a dangling id behind.
         self._series_ids.update(ids)
