@@ -6,19 +6,20 @@ What runs (loopback only; everything started here is stopped by pid):
 
 * a loopback target process (``bench/_loopback.py``; ``--target demo`` for the reference service),
 * ``python -m watchdog.cli run --config TMP --listen 127.0.0.1:PORT --state TMP/state.db`` with
-  ``--probes`` http probes (default 500) at ``--interval`` (default 10 s), default jitter, default settings
+  ``--probes`` http probes (default 500) at ``--interval`` (default 10 s), default phase spread and
+  settings
   otherwise (SQLite store, flush every 1 s, INFO JSON logs to a file),
 * a Prometheus-like scraper that GETs ``/metrics`` every ``--scrape-interval`` seconds (default 15, like a
   Prometheus job; its render cost is part of the daemon's load and can delay probe starts).
 
-After a warm-up of one interval plus the jitter (every probe has run at least once), the measured period
+After a warm-up of one interval plus a margin (every probe has run at least once), the measured period
 (``--duration``, default 90 s) reads, from outside the daemon:
 
 * RSS: ``VmRSS`` sampled every second from /proc/<pid>/status (steady = median, and max) and ``VmHWM``
   (the kernel's peak over the whole life of the process, startup included),
 * CPU: utime+stime of the daemon from /proc/<pid>/stat over the period (% of one core, and ms per run),
 * scheduler lag: the delta of the daemon's ``watchdog_scheduler_lag_seconds`` histogram over the period
-  (delay from a run's scheduled time, jitter included, to the moment the probe coroutine starts),
+  (delay from a run's scheduled time to the moment the probe coroutine starts),
   quantiles interpolated within buckets as ``histogram_quantile`` does,
 * honesty checks: the delta of ``watchdog_probe_results_total`` per probe (every probe must have produced
   about duration/interval results, all ok), runs skipped, results dropped, error lines in the log.
@@ -172,9 +173,6 @@ def per_probe(before: Scrape, after: Scrape, metric: str) -> dict[tuple[str, str
 
 
 def one_run(args: argparse.Namespace, run_no: int) -> RunResult:
-    from watchdog.config.settings import ProbeDefaults
-
-    jitter = ProbeDefaults().jitter
     workdir = Path(tempfile.mkdtemp(prefix="daemon-scale-"))
     target_proc, url = start_target(args.target)
     daemon: subprocess.Popen[bytes] | None = None
@@ -234,12 +232,12 @@ def one_run(args: argparse.Namespace, run_no: int) -> RunResult:
             by_probe[probe] += n
         runs = int(sum(by_probe.values()))
         problems: list[str] = []
-        # APScheduler adds the jitter to each next run time, so a probe's period is interval + U(0, jitter).
-        expected = max(1, math.floor((t1 - t0) / (args.interval + jitter)) - 1)
+        # Each probe runs at a fixed phase, exactly once per interval.
+        expected = max(1, math.floor((t1 - t0) / args.interval) - 1)
         short = sorted(p for p in (f"bench-{i:04d}" for i in range(args.probes)) if by_probe[p] < expected)
         if short:
             problems.append(f"{len(short)} probes produced fewer than {expected} results, e.g. {short[:5]}")
-        expected_total = args.probes * (t1 - t0) / (args.interval + jitter / 2)
+        expected_total = args.probes * (t1 - t0) / args.interval
         # Tolerance: each probe's first and last run in the window may fall either side of its edges.
         if abs(runs - expected_total) > args.probes + 0.05 * expected_total:
             problems.append(f"{runs} results, expected about {expected_total:.0f}")

@@ -406,3 +406,22 @@ def test_run_command_reports_a_busy_port_and_bad_store(tmp_path: Path) -> None:
 
 def test_store_unavailable_is_an_exception_type() -> None:
     assert issubclass(StoreUnavailable, Exception)
+
+
+async def test_stop_lets_running_probes_finish(tmp_path: Path) -> None:
+    clock = SystemClock()
+    slow = FakeProbe("slow", [Outcome.OK], clock=clock, interval_s=10, timeout_s=5, delay_s=0.6)
+    store = SqliteStore(tmp_path / "s.db")
+    daemon = Daemon(_config(tmp_path), store, clock=clock, probes=[slow])
+    await daemon.start()
+
+    async def running() -> bool:
+        return slow.calls == 1
+
+    await _wait_for(running)
+    await daemon.stop()
+    assert daemon.runs_completed == 1, "the run in flight finished and was recorded"
+    reader = SqliteStore(tmp_path / "s.db")
+    await reader.open()
+    assert [r.probe for r in await reader.recent()] == ["slow"]
+    await reader.close()

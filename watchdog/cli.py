@@ -156,8 +156,7 @@ async def run_all_once(config: WatchdogConfig) -> list[ProbeResult]:
     try:
         batches = await asyncio.gather(*(daemon.run_probe_once(p) for p in daemon.probes))
     finally:
-        for probe in daemon.probes:
-            await probe.aclose()
+        await daemon.close_probes()
     return [r for batch in batches for r in batch]
 
 

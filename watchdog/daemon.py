@@ -36,7 +36,7 @@ from watchdog.dispatch import Dispatcher
 from watchdog.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
 from watchdog.notify.log import LogNotifier
 from watchdog.probes.base import Probe
-from watchdog.probes.registry import build_probe
+from watchdog.probes.registry import ProbeBuilder
 from watchdog.results import Outcome, ProbeResult
 from watchdog.store.base import LATENCY_BUCKETS_S, StateStore, StoreUnavailable
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from watchdog.slo.engine import SloEngine
 
 _log = logging.getLogger("watchdog.daemon")
+
 
 def latency_edges(config: WatchdogConfig) -> tuple[float, ...]:
     """The store's and /metrics' latency bucket edges: the defaults plus every latency threshold the
@@ -85,10 +86,9 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.instance = instance or config.settings.instance or default_instance_name()
         defaults = config.settings.defaults
+        self._builder = ProbeBuilder(defaults=defaults, clock=self.clock)
         self.probes: list[Probe] = (
-            list(probes)
-            if probes is not None
-            else [build_probe(p, defaults=defaults, clock=self.clock) for p in config.enabled_probes()]
+            list(probes) if probes is not None else self._builder.build_all(config.enabled_probes())
         )
         self.registry, self.probe_metrics, self.snapshot = build_registry(latency_edges(config))
         self.buffer = ResultBuffer(store, on_recorded=self.probe_metrics.on_recorded)
@@ -102,7 +102,7 @@ class Daemon:
         self._last_outcome: dict[tuple[str, tuple[tuple[str, str], ...]], Outcome] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._due: dict[str, datetime] = {}
-        """Probe name → when its submitted run was due (scheduled time, jitter included)."""
+        """Probe name → when its submitted run was due (its scheduled time)."""
         self.runs_completed = 0
         self._stopped = False
 
@@ -124,11 +124,12 @@ class Daemon:
         jitter = self.config.settings.defaults.jitter
         now = datetime.now(UTC)
         for probe in self.probes:
-            # First runs are spread over the first interval (or jitter) so a restart does not burst.
-            first = now + timedelta(seconds=random.uniform(0, min(probe.interval_s, max(jitter, 1.0))))
+            # A fixed random phase per probe spreads runs (and a restart) without drifting the interval.
+            spread = probe.interval_s if jitter is None else min(jitter, probe.interval_s)
+            first = now + timedelta(seconds=random.uniform(0, spread))
             self.scheduler.add_job(
                 self._run_probe,
-                IntervalTrigger(seconds=probe.interval_s, jitter=jitter or None, timezone=UTC),
+                IntervalTrigger(seconds=probe.interval_s, start_date=first, timezone=UTC),
                 args=[probe],
                 id=f"probe:{probe.name}",
                 name=probe.name,
@@ -179,8 +180,9 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        # Pause first: shutdown() would cancel running probes; they get drain_timeout_s to finish.
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()
         running = [t for t in self._running if not t.done()]
         if running:
             _done, pending = await asyncio.wait(running, timeout=drain_timeout_s)
@@ -188,19 +190,25 @@ class Daemon:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         await self.buffer.flush()
         if self.buffer.pending:
             _log.error("exiting with %d results not written: store unreachable", self.buffer.pending)
-        for probe in self.probes:
-            try:
-                await probe.aclose()
-            except Exception as exc:  # closing is best effort; keep closing the others
-                _log.warning("closing probe %s failed: %s", probe.name, exc)
+        await self.close_probes()
         if self.is_leader:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release_lease("leader", self.instance)
         await self.store.close()
         _log.info("watchdog stopped", extra={"runs_completed": self.runs_completed})
+
+    async def close_probes(self) -> None:
+        for probe in self.probes:
+            try:
+                await probe.aclose()
+            except Exception as exc:  # closing is best effort; keep closing the others
+                _log.warning("closing probe %s failed: %s", probe.name, exc)
+        await self._builder.aclose()
 
     # -- jobs ------------------------------------------------------------------------------------------
     async def _run_probe(self, probe: Probe) -> None:

@@ -16,12 +16,16 @@ class Strict(BaseModel):
 class ProbeDefaults(Strict):
     interval: PositiveDuration = 30.0
     timeout: PositiveDuration = 10.0
-    jitter: Duration = 2.0
-    """Each run starts up to this much later, so probes sharing an interval do not fire together."""
+    jitter: Duration | None = None
+    """Each probe starts at a random phase within its first ``jitter`` seconds (default: its whole
+    interval), so probes sharing an interval do not fire together. The phase is fixed per probe: the time
+    between runs stays exactly the interval (APScheduler's own jitter drifts by adding up)."""
 
 
 class Retention(Strict):
-    raw: PositiveDuration = 2 * 86400.0
+    raw: PositiveDuration = 6 * 3600.0
+    """Raw results are for "what happened just now"; history lives in the minute aggregates. At 500 probes
+    every 10 s, 6 h is about a million rows."""
     minutes: PositiveDuration = 35 * 86400.0
 
 

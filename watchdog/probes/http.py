@@ -313,8 +313,10 @@ class HttpProbe:
         if self._request is None:
             # Built once: the request is static, and neither httpx nor the transports modify a sent
             # request (the client's cookie jar is inert, there is no auth flow). Saves ~10 µs per run.
+            # The timeout travels with the request, so a client shared by many probes still applies
+            # each probe's own bound.
             self._request = self._client.build_request(
-                config.method, self._url, headers=self._headers, content=self._content
+                config.method, self._url, headers=self._headers, content=self._content, timeout=self.timeout_s
             )
         done = await exchange(
             self._client,
