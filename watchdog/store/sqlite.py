@@ -420,11 +420,7 @@ class SqliteStore:
                 series, ids = self._select_series(conn, RESULT_SERIES, probe, None, labels)
                 if not series:
                     return []
-                where = "minute >= ? AND minute < ?"
-                params: list[Any] = [start_minute, end_minute]
-                if ids is not None:
-                    where += " AND series_id IN (SELECT value FROM json_each(?))"
-                    params.append(ids)
+                where, params = _minute_range(start_minute, end_minute, ids)
                 aggs: list[AggRow] = conn.execute(
                     "SELECT minute, series_id, n, failures, degraded, latency_sum FROM minute_agg"
                     f" WHERE {where} ORDER BY minute, series_id",
@@ -455,11 +451,7 @@ class SqliteStore:
                 series, ids = self._select_series(conn, OBSERVATION_SERIES, probe, name, labels)
                 if not series:
                     return []
-                where = "minute >= ? AND minute < ?"
-                params: list[Any] = [start_minute, end_minute]
-                if ids is not None:
-                    where += " AND series_id IN (SELECT value FROM json_each(?))"
-                    params.append(ids)
+                where, params = _minute_range(start_minute, end_minute, ids)
                 rows: list[ObsRow] = conn.execute(
                     "SELECT minute, series_id, n, total, lo, hi, last, last_at FROM obs_minute"
                     f" WHERE {where} ORDER BY minute, series_id",
@@ -485,11 +477,7 @@ class SqliteStore:
                 series, ids = self._select_series(conn, RESULT_SERIES, probe, None, labels)
                 if not series:
                     return {}
-                where = "minute >= ? AND minute < ?"
-                params: list[Any] = [start_minute, end_minute]
-                if ids is not None:
-                    where += " AND series_id IN (SELECT value FROM json_each(?))"
-                    params.append(ids)
+                where, params = _minute_range(start_minute, end_minute, ids)
                 rows = conn.execute(
                     f"SELECT bin, sum(n) FROM minute_sketch WHERE {where} GROUP BY bin", params
                 ).fetchall()
@@ -670,3 +658,13 @@ class SqliteStore:
                 )
 
         await self._run(_retry)
+
+
+def _minute_range(start_minute: int, end_minute: int, ids: str | None) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters for [start, end) minutes, optionally of some series (a JSON id list)."""
+    where = "minute >= ? AND minute < ?"
+    params: list[Any] = [start_minute, end_minute]
+    if ids is not None:
+        where += " AND series_id IN (SELECT value FROM json_each(?))"
+        params.append(ids)
+    return where, params
