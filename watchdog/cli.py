@@ -182,7 +182,7 @@ def check(config_dir: Path, as_json: bool, only: tuple[str, ...]) -> None:
     else:
         from rich.console import Console
 
-        Console().print(_results_table(results))
+        Console(width=max(Console().width, 120)).print(_results_table(results))
     sys.exit(1 if any(r.outcome is Outcome.FAILED for r in results) else 0)
 
 

@@ -18,6 +18,7 @@ class _WatchdogJsonFormatter(JsonFormatter):
         log_data["severity"] = record.levelname
         log_data["logger"] = record.name
         log_data.pop("levelname", None)
+        log_data.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
