@@ -15,6 +15,7 @@ and left the process ~8 MB bigger at 500 probes).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 import platform
 import re
 from bisect import bisect_left
@@ -109,8 +110,8 @@ class TextCollector(Collector):
     """A collector that can also append its own text exposition, identical to what ``generate_latest``
     renders from :meth:`collect`, to ``out``."""
 
-    def write_text(self, out: list[str]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write_text(self, out: list[str]) -> None: ...
 
 
 class Registry(CollectorRegistry):

@@ -45,7 +45,7 @@ class UndefinedVariable(Exception):
 
 
 class CaptureMissing(Exception):
-    pass
+    """A step's capture found nothing to capture: the step fails with this reason."""
 
 
 @dataclass(frozen=True, slots=True)

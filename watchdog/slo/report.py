@@ -160,7 +160,7 @@ def report_json(evaluation: Evaluation, histories: Sequence[BudgetHistory]) -> d
 
 
 class PlotUnavailable(RuntimeError):
-    pass
+    """--plot was asked for but matplotlib is not installed (the ``plot`` extra)."""
 
 
 def plot_budgets(
