@@ -15,9 +15,9 @@ and left the process ~8 MB bigger at 500 probes).
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 import platform
 import re
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
