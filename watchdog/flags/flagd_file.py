@@ -55,6 +55,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import mmh3
+
 from watchdog.clock import Clock, SystemClock
 from watchdog.flags.base import FlagError, FlagState
 
@@ -74,42 +76,8 @@ _INT32_MAX = 2**31 - 1
 
 
 def murmur3_32(data: bytes, seed: int = 0) -> int:
-    """MurmurHash3 x86 32-bit (Austin Appleby's reference), unsigned result.
-
-    Pure Python so the package needs no C extension; it is only used for per-request bucketing of short
-    keys (a few microseconds each). Verified against the reference vectors and ``mmh3`` in the tests.
-    """
-    c1, c2, mask = 0xCC9E2D51, 0x1B873593, 0xFFFFFFFF
-    h = seed & mask
-    length = len(data)
-    rounded = length - (length % 4)
-    for i in range(0, rounded, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * c1) & mask
-        k = ((k << 15) | (k >> 17)) & mask
-        k = (k * c2) & mask
-        h ^= k
-        h = ((h << 13) | (h >> 19)) & mask
-        h = (h * 5 + 0xE6546B64) & mask
-    tail = data[rounded:]
-    k = 0
-    if len(tail) == 3:
-        k ^= tail[2] << 16
-    if len(tail) >= 2:
-        k ^= tail[1] << 8
-    if len(tail) >= 1:
-        k ^= tail[0]
-        k = (k * c1) & mask
-        k = ((k << 15) | (k >> 17)) & mask
-        k = (k * c2) & mask
-        h ^= k
-    h ^= length
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & mask
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & mask
-    h ^= h >> 16
-    return h
+    """MurmurHash3 x86 32-bit, unsigned: the hash flagd buckets ``fractional`` splits with."""
+    return int(mmh3.hash(data, seed, signed=False))
 
 
 FractionalAlgorithm = Literal["v2", "v1"]
