@@ -155,30 +155,16 @@ class PgNode:
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 
+    def _psql_args(self, database: str, user: str) -> list[str]:
+        return [
+            str(PG_BIN / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+            "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", database,
+        ]  # fmt: skip
+
     def psql(
         self, sql: str, *, database: str = "postgres", user: str = "postgres", check: bool = True
     ) -> str:
-        proc = _run(
-            [
-                str(PG_BIN / "psql"),
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                user,
-                "-d",
-                database,
-                "-c",
-                sql,
-            ],
-            check=check,
-        )
+        proc = _run([*self._psql_args(database, user), "-c", sql], check=check)
         return proc.stdout.strip()
 
     def psql_script(self, sql: str, *, database: str = "postgres", user: str = "postgres") -> str:
@@ -187,26 +173,7 @@ class PgNode:
         script.write_text(sql)
         script.chmod(0o644)
         try:
-            proc = _run(
-                [
-                    str(PG_BIN / "psql"),
-                    "-X",
-                    "-q",
-                    "-At",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    user,
-                    "-d",
-                    database,
-                    "-f",
-                    str(script),
-                ]
-            )
+            proc = _run([*self._psql_args(database, user), "-f", str(script)])
         finally:
             script.unlink()
         return proc.stdout.strip()
