@@ -5,7 +5,7 @@ Targets: 500 probes at 10 s intervals in one daemon: scheduler lag p99 < 100 ms,
 What runs (loopback only; everything started here is stopped by pid):
 
 * a loopback target process (``bench/_loopback.py``; ``--target demo`` for the reference service),
-* ``python -m watchdog.cli run --config TMP --listen 127.0.0.1:PORT --state TMP/state.db`` with
+* ``python -m watchdog.cli.main run --config TMP --listen 127.0.0.1:PORT --state TMP/state.db`` with
   ``--probes`` http probes (default 500) at ``--interval`` (default 10 s), default phase spread and
   settings
   otherwise (SQLite store, flush every 1 s, INFO JSON logs to a file),
@@ -186,7 +186,7 @@ def one_run(args: argparse.Namespace, run_no: int) -> RunResult:
             started = time.monotonic()
             daemon = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "watchdog.cli", "run", "--config", str(config)),
+                    *(sys.executable, "-m", "watchdog.cli.main", "run", "--config", str(config)),
                     *("--listen", f"127.0.0.1:{port}", "--state", str(workdir / "state.db")),
                 ],
                 stdout=log,

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from pgcluster import PgCluster, PgNode, free_port, wait_for
 
-from watchdog.clock import SystemClock
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Outcome
 from watchdog.probes.postgres import PostgresProbe
-from watchdog.results import Outcome
 from watchdog.sources.proc import ProcMetricSource
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -94,9 +94,9 @@ async def _cpu_ms_per_call(n: int, call: Callable[[], Awaitable[object]], concur
 
 
 async def _measure(transport: Transport, url: str, n: int, concurrency: int) -> dict[str, float]:
-    from watchdog.clock import SystemClock
     from watchdog.config.probes import HttpProbeConfig
     from watchdog.config.settings import ProbeDefaults
+    from watchdog.core.clock import SystemClock
     from watchdog.probes._client import make_client
     from watchdog.probes.http import HttpProbe
 

@@ -198,14 +198,14 @@ async def measure_blackbox(pid: int, port: int, target: str, mode: Mode) -> Samp
 
 
 async def measure_watchdog(transport: str, target: str, workdir: Path, mode: Mode, batch: int) -> Sample:
-    from watchdog.buffer import ResultBuffer
-    from watchdog.clock import SystemClock
     from watchdog.config.probes import HttpProbeConfig
     from watchdog.config.settings import ProbeDefaults
-    from watchdog.metrics import build_registry
+    from watchdog.core.clock import SystemClock
     from watchdog.probes._client import make_client
     from watchdog.probes.http import HttpProbe, keepalive_for
+    from watchdog.runtime.buffer import ResultBuffer
     from watchdog.store.sqlite import SqliteStore
+    from watchdog.web.metrics import build_registry
 
     clock = SystemClock()
     defaults = ProbeDefaults()

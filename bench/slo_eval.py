@@ -39,9 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from watchdog.clock import FakeClock  # noqa: E402
 from watchdog.config.slo import SloConfig  # noqa: E402
-from watchdog.results import Observation, Outcome, ProbeResult  # noqa: E402
+from watchdog.core.clock import FakeClock  # noqa: E402
+from watchdog.core.results import Observation, Outcome, ProbeResult  # noqa: E402
 from watchdog.slo import SloEngine  # noqa: E402
 from watchdog.store.base import LATENCY_BUCKETS_S  # noqa: E402
 from watchdog.store.sqlite import SqliteStore  # noqa: E402

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.alerting import AlertManager
-from watchdog.clock import FakeClock
 from watchdog.config import load_config
 from watchdog.config.loader import WatchdogConfig
-from watchdog.dispatch import Dispatcher
+from watchdog.core.clock import FakeClock
+from watchdog.core.results import Outcome, ProbeResult
+from watchdog.incidents.manager import AlertManager
 from watchdog.notify.base import NotifyError, Page
+from watchdog.notify.dispatch import Dispatcher
 from watchdog.notify.log import LogNotifier
-from watchdog.results import Outcome, ProbeResult
 from watchdog.slo.engine import AlertSignal
 from watchdog.store import SqliteStore
 

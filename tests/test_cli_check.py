@@ -55,7 +55,7 @@ async def _check(config: Path, url: str) -> tuple[int, list[dict[str, object]]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "watchdog.cli",
+        "watchdog.cli.main",
         "check",
         "--config",
         str(config),
@@ -124,7 +124,7 @@ def test_table_output_and_unknown_probe(tmp_path: Path) -> None:
         "probes:\n  - name: nowhere\n    kind: http\n    url: http://127.0.0.1:9/\n    timeout: 1s\n"
     )
     table = subprocess.run(
-        [sys.executable, "-m", "watchdog.cli", "check", "--config", str(tmp_path)],
+        [sys.executable, "-m", "watchdog.cli.main", "check", "--config", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -132,7 +132,7 @@ def test_table_output_and_unknown_probe(tmp_path: Path) -> None:
     assert table.returncode == 1
     assert "nowhere" in table.stdout and "failed" in table.stdout
     unknown = subprocess.run(
-        [sys.executable, "-m", "watchdog.cli", "check", "--config", str(tmp_path), "--probe", "nope"],
+        [sys.executable, "-m", "watchdog.cli.main", "check", "--config", str(tmp_path), "--probe", "nope"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from watchdog.cli import main
-from watchdog.cli_demo import demo_config_dir
+from watchdog.cli.demo import demo_config_dir
+from watchdog.cli.main import main
 from watchdog.config import ConfigError, load_config
 from watchdog.config.loader import expand_env
 from watchdog.config.postgres import PostgresProbeConfig
@@ -190,7 +190,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
 
 def test_console_script_help_runs_without_name_clash() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "watchdog.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "watchdog.cli.main", "--help"], capture_output=True, text=True, check=True
     )
     for command in ("run", "check", "validate", "demo"):
         assert command in out.stdout

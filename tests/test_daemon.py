@@ -16,17 +16,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loopback import closed_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog.clock import SystemClock
 from watchdog.config.loader import WatchdogConfig
 from watchdog.config.settings import ProbeDefaults, Settings
-from watchdog.daemon import Daemon, latency_edges
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes.base import Probe
-from watchdog.probes.fake import FakeProbe, closed_port
-from watchdog.results import Observation, Outcome, ProbeResult
-from watchdog.server import HttpServer, create_app
+from watchdog.probes.fake import FakeProbe
+from watchdog.runtime.daemon import Daemon, latency_edges
 from watchdog.store import PostgresStore, SqliteStore, StoreUnavailable
+from watchdog.web.app import HttpServer, create_app
 
 FAST = Settings(
     flush_interval=0.2,
@@ -316,7 +317,7 @@ def test_run_command_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "watchdog.cli",
+            "watchdog.cli.main",
             "run",
             "--config",
             str(tmp_path),
@@ -367,7 +368,7 @@ def test_run_command_reports_a_busy_port_and_bad_store(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "watchdog.cli",
+                "watchdog.cli.main",
                 "run",
                 "--config",
                 str(tmp_path),
@@ -386,7 +387,7 @@ def test_run_command_reports_a_busy_port_and_bad_store(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "watchdog.cli",
+            "watchdog.cli.main",
             "run",
             "--config",
             str(tmp_path),

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.clock import FakeClock
+from watchdog.core.clock import FakeClock
 from watchdog.flags import flagd_file
 from watchdog.flags.base import FlagBackend, FlagError
 from watchdog.flags.flagd_file import (

@@ -15,20 +15,20 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from loopback import closed_port, hanging_server, serve_asgi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from watchdog.clock import FakeClock, SystemClock
 from watchdog.config.probes import HttpProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import FakeClock, SystemClock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.probes._assertions import JsonPath
 from watchdog.probes._client import describe_error, make_client, read_body, redact_url
 from watchdog.probes.base import Probe
-from watchdog.probes.fake import closed_port, hanging_server, serve_asgi
 from watchdog.probes.http import HttpProbe, cert_not_after
-from watchdog.results import Outcome, ProbeResult
 
 DEFAULTS = ProbeDefaults(interval=30, timeout=5)
 

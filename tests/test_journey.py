@@ -10,19 +10,19 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from loopback import serve_asgi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from watchdog.clock import FakeClock, SystemClock
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import FakeClock, SystemClock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.demo import ReferenceServer
-from watchdog.probes.fake import serve_asgi
 from watchdog.probes.http import HttpProbe
 from watchdog.probes.journey import JourneyProbe, Template, UndefinedVariable
-from watchdog.results import Outcome, ProbeResult
 
 # One loop for the module so servers can be module-scoped (uvicorn start/stop costs ~0.2 s each).
 pytestmark = pytest.mark.asyncio(loop_scope="module")

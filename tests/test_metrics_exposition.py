@@ -1,4 +1,4 @@
-"""/metrics' fast text path (watchdog.metrics.exposition) equals prometheus_client's generate_latest."""
+"""/metrics' fast text path (watchdog.web.metrics.exposition) equals prometheus_client's generate_latest."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from watchdog.metrics import build_registry, exposition
-from watchdog.results import Observation, Outcome, ProbeResult
+from watchdog.core.results import Observation, Outcome, ProbeResult
+from watchdog.web.metrics import build_registry, exposition
 
 
 def _result(

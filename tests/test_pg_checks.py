@@ -21,15 +21,15 @@ from click.testing import CliRunner
 from pgcluster import PgCluster, PgNode, free_port, wait_for
 from prometheus_client import generate_latest
 
-from watchdog.cli_db import db
-from watchdog.clock import SystemClock
+from watchdog.cli.db import db
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
-from watchdog.metrics import build_registry
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.probes.base import Probe
 from watchdog.probes.postgres import PostgresProbe
-from watchdog.results import Outcome, ProbeResult
 from watchdog.store.memory import MemoryStore
+from watchdog.web.metrics import build_registry
 
 EXPORTER_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
 

@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 from pgcluster import PgCluster, PgNode, free_port, wait_for
 
-from watchdog.clock import SystemClock
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.probes.postgres import PostgresProbe
-from watchdog.results import Outcome, ProbeResult
 
 NASTY = "p@ss:w/rd#?%&= 'x\"ü"
 

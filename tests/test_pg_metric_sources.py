@@ -19,8 +19,8 @@ import pytest
 from pgcluster import free_port
 
 from watchdog.config.postgres import HostMetrics
+from watchdog.core.results import Outcome
 from watchdog.probes.postgres.host import check_host
-from watchdog.results import Outcome
 from watchdog.sources import (
     NODE_CPU_PERCENT,
     NODE_MEMORY_PERCENT,

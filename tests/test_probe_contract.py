@@ -15,19 +15,20 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
+from loopback import closed_port, hanging_server, serve_asgi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog.clock import Clock, FakeClock
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import Clock, FakeClock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.probes.base import Probe
-from watchdog.probes.fake import FakeProbe, closed_port, hanging_server, serve_asgi
+from watchdog.probes.fake import FakeProbe
 from watchdog.probes.http import HttpProbe
 from watchdog.probes.journey import JourneyProbe
-from watchdog.results import Outcome, ProbeResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

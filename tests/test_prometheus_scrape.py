@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 
-from watchdog.clock import SystemClock
 from watchdog.config.loader import WatchdogConfig
 from watchdog.config.settings import ProbeDefaults, Settings
-from watchdog.daemon import Daemon
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Outcome
 from watchdog.probes.fake import FakeProbe
-from watchdog.results import Outcome
-from watchdog.server import HttpServer, create_app
+from watchdog.runtime.daemon import Daemon
 from watchdog.store import SqliteStore
+from watchdog.web.app import HttpServer, create_app
 
 
 def _free_port() -> int:

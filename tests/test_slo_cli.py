@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from test_slo_config import write_config as write_seed_config  # tests/ is on sys.path (prepend mode)
 
-from watchdog.cli_slo import slo
-from watchdog.results import Observation, Outcome, ProbeResult
+from watchdog.cli.slo import slo
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.store.sqlite import SqliteStore
 
 

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from watchdog.clock import FakeClock
 from watchdog.config.slo import SloConfig
-from watchdog.results import Observation, Outcome, ProbeResult
+from watchdog.core.clock import FakeClock
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.slo import AlertSignal, Evaluation, SloEngine, SloStatus
 from watchdog.store.base import MinuteAggregate, ObservationMinute, StoreUnavailable
 from watchdog.store.memory import MemoryStore

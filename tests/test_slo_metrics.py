@@ -7,10 +7,11 @@ import math
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog.clock import FakeClock
 from watchdog.config.slo import SloConfig
-from watchdog.results import Outcome, ProbeResult
-from watchdog.slo import SloCollector, SloEngine, latency_thresholds
+from watchdog.core.clock import FakeClock
+from watchdog.core.results import Outcome, ProbeResult
+from watchdog.slo import SloEngine
+from watchdog.web.slo_metrics import SloCollector, latency_thresholds
 from watchdog.store.memory import MemoryStore
 
 T0 = 1_767_225_600.0

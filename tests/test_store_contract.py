@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from watchdog.results import Observation, Outcome, ProbeResult, series_key
+from watchdog.core.results import Observation, Outcome, ProbeResult, series_key
 from watchdog.store import (
     LATENCY_BUCKETS_S,
     MemoryStore,

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import mmh3
 
-from watchdog.clock import Clock, SystemClock
+from watchdog.core.clock import Clock, SystemClock
 from watchdog.flags.base import FlagError, FlagState
 
 DEFAULT_FLAG_KEY = "content-data-source"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from watchdog.clock import Clock, SystemClock
+from watchdog.core.clock import Clock, SystemClock
 from watchdog.flags.base import FlagError, FlagState
 from watchdog.flags.flagd_file import normalize_percent
 

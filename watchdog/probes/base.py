@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 
 
 @runtime_checkable

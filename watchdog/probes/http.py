@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
-from watchdog.clock import Clock
 from watchdog.config.probes import HttpProbeConfig, TlsCheck
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import Clock
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, Checks, compile_checks, degraded, failures, parse_json
 from watchdog.probes._client import (
     MAX_BODY_BYTES,
@@ -34,7 +35,6 @@ from watchdog.probes._client import (
     redact_url,
     ssl_context,
 )
-from watchdog.results import Observation, Outcome, ProbeResult
 
 MAX_REDIRECTS = 10
 TLS_REFRESH_S = 3600.0

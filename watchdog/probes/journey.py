@@ -27,13 +27,13 @@ from typing import Any
 
 import httpx
 
-from watchdog.clock import Clock
 from watchdog.config.probes import Capture, JourneyProbeConfig, JourneyStep
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import Clock
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, JsonPath, compile_checks
 from watchdog.probes._client import describe_error, make_client, redact_url
 from watchdog.probes.http import encode_body, evaluate, exchange, keepalive_for, outcome_of, probe_timing
-from watchdog.results import Observation, Outcome, ProbeResult
 
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 

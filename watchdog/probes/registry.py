@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from watchdog.clock import Clock
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, ProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import Clock
 from watchdog.probes.base import Probe
 
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@ per-minute aggregates.
     evaluation = await engine.evaluate()        # every few seconds
     evaluation.statuses                         # per SLO: SLI, budget, burn rates, alert state, forecast
     evaluation.signals                          # AlertSignal transitions for the alerting layer
-    registry.register(SloCollector(engine))     # /metrics
 
 Decisions (details in the modules named):
 
@@ -38,7 +37,6 @@ from watchdog.slo.engine import (
     SloEngine,
     SloStatus,
 )
-from watchdog.slo.metrics import SloCollector, latency_thresholds
 from watchdog.slo.windows import Period, calendar_month_bounds, slo_period
 
 __all__ = [
@@ -49,14 +47,12 @@ __all__ = [
     "Period",
     "RuleState",
     "RuleStatus",
-    "SloCollector",
     "SloEngine",
     "SloStatus",
     "WindowStats",
     "budget",
     "calendar_month_bounds",
     "exhaustion_at",
-    "latency_thresholds",
     "slo_period",
     "step_rule",
     "window_stats",

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from watchdog.clock import Clock
 from watchdog.config.slo import BurnRateAlert, MetricThresholdSli, SloConfig, format_duration
+from watchdog.core.clock import Clock
 from watchdog.slo.budget import Budget, budget, exhaustion_at
 from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, rule_conditions, step_rule, window_stats
 from watchdog.slo.ingest import (

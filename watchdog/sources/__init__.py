@@ -1,4 +1,5 @@
-"""Metric sources: external numbers (CPU, memory) for checks. See ``watchdog.sources.base``."""
+"""Metric sources: numbers from outside (Prometheus HTTP API, /proc; a fake), behind ``MetricSource`` in
+``base``, for checks such as host CPU and memory. Imports core only."""
 
 from __future__ import annotations
 

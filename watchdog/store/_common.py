@@ -15,7 +15,7 @@ from typing import Any
 
 from ddsketch.mapping import LogarithmicMapping
 
-from watchdog.results import Observation, Outcome, ProbeResult, series_key
+from watchdog.core.results import Observation, Outcome, ProbeResult, series_key
 from watchdog.store.base import LATENCY_BUCKETS_S, Incident, MinuteAggregate, ObservationMinute
 
 RELATIVE_ACCURACY = 0.01

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 
 # Fixed latency bucket upper edges (seconds), the same on /metrics. They include the seed's thresholds
 # (50 ms DB query, 200 ms API) so "ratio under threshold" SLIs are exact there. A store may be built with
@@ -47,7 +47,7 @@ class StoreUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class MinuteAggregate:
     series: str
-    """``watchdog.results.series_key(probe, labels)``."""
+    """``watchdog.core.results.series_key(probe, labels)``."""
     probe: str
     labels: Mapping[str, str]
     minute: int

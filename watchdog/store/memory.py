@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 from watchdog.store._common import (
     DEFAULT_MINUTE_RETENTION_S,
     DEFAULT_RAW_RETENTION_S,

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 from watchdog.store._common import (
     DEFAULT_MINUTE_RETENTION_S,
     DEFAULT_RAW_RETENTION_S,

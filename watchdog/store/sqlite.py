@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 from watchdog.store._common import (
     DEFAULT_MINUTE_RETENTION_S,
     DEFAULT_RAW_RETENTION_S,

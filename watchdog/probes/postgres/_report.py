@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from watchdog.core.results import Observation, Outcome
 from watchdog.probes.postgres._connect import SessionInfo
-from watchdog.results import Observation, Outcome
 
 
 @dataclass

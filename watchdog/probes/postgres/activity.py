@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from watchdog.config.postgres import ConnectionThresholds, LockThresholds, QueryThresholds
+from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import (
     Cycle,
     FamilyReport,
@@ -17,7 +18,6 @@ from watchdog.probes.postgres._report import (
     fmt_s,
     privilege_note,
 )
-from watchdog.results import Observation
 
 STATES = (
     "active",

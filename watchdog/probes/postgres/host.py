@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from watchdog.config.postgres import HostMetrics
+from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import FamilyReport, Verdict
-from watchdog.results import Observation
 from watchdog.sources.base import MetricSource, MetricSourceError, single_value
 from watchdog.sources.proc import ProcMetricSource
 from watchdog.sources.prometheus import NODE_CPU_PERCENT, NODE_MEMORY_PERCENT, PrometheusMetricSource

@@ -10,9 +10,10 @@ from typing import Any
 
 import asyncpg
 
-from watchdog.clock import Clock
 from watchdog.config.postgres import ALL_FAMILIES, HostMetrics, PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
+from watchdog.core.clock import Clock
+from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes.postgres._connect import (
     ConnectTarget,
     DsnError,
@@ -25,7 +26,6 @@ from watchdog.probes.postgres._report import Cycle, FamilyReport, ProbeMemory, V
 from watchdog.probes.postgres.activity import check_connections, check_locks, check_queries
 from watchdog.probes.postgres.host import build_source, check_host
 from watchdog.probes.postgres.server import check_replication, check_vitals
-from watchdog.results import Observation, Outcome, ProbeResult
 from watchdog.sources.base import MetricSource
 
 FamilyFn = Callable[[Cycle], Awaitable[FamilyReport]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from watchdog.config.postgres import ReplicationThresholds, VitalsThresholds
+from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import (
     Cycle,
     FamilyReport,
@@ -14,7 +15,6 @@ from watchdog.probes.postgres._report import (
     fmt_s,
     privilege_note,
 )
-from watchdog.results import Observation
 
 XID_WRAP = 2**31
 """Transaction IDs wrap around at 2^31 of age; PostgreSQL stops accepting writes a little before."""

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from watchdog.clock import Clock
+from watchdog.core.clock import Clock
 from watchdog.notify.base import NOTIFY_TOPIC, Notifier, NotifyError, Page
 from watchdog.store.base import OutboxItem, StateStore
 
-_log = logging.getLogger("watchdog.dispatch")
+_log = logging.getLogger("watchdog.notify.dispatch")
 
 MAX_ATTEMPTS = 8
 

@@ -10,10 +10,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from watchdog.results import ProbeResult
+from watchdog.core.results import ProbeResult
 from watchdog.store.base import StateStore, StoreUnavailable
 
-_log = logging.getLogger("watchdog.buffer")
+_log = logging.getLogger("watchdog.runtime.buffer")
 
 
 class ResultBuffer:

@@ -31,7 +31,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from watchdog import __version__
-from watchdog.results import Outcome, ProbeResult
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.store.base import LATENCY_BUCKETS_S
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")

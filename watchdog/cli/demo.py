@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from watchdog.config import ConfigError, load_config
-from watchdog.logs import configure_logging
-from watchdog.results import parse_series_key
+from watchdog.core.logs import configure_logging
+from watchdog.core.results import parse_series_key
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def demo_config_dir() -> Path:
 
 
 async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Console) -> int:
-    from watchdog.cli import serve_daemon
+    from watchdog.cli.main import serve_daemon
     from watchdog.demo import ReferenceServer
     from watchdog.flags.flagd_file import write_initial
 

@@ -15,13 +15,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from watchdog.clock import SystemClock
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
 from watchdog.config.types import parse_duration
+from watchdog.core.clock import SystemClock
+from watchdog.core.results import Outcome
 from watchdog.probes.postgres import DsnError, InspectReport, PostgresProbe, resolve_target
 from watchdog.probes.postgres._report import FamilyReport, fmt_bytes, fmt_s
-from watchdog.results import Outcome
 from watchdog.sources.base import MetricSource
 from watchdog.sources.proc import ProcMetricSource
 from watchdog.sources.prometheus import PrometheusMetricSource

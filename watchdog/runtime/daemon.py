@@ -27,23 +27,23 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from watchdog.alerting import AlertManager
-from watchdog.buffer import ResultBuffer
-from watchdog.clock import Clock, SystemClock
 from watchdog.config.loader import WatchdogConfig
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, RequestSpec
-from watchdog.dispatch import Dispatcher
-from watchdog.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
+from watchdog.core.clock import Clock, SystemClock
+from watchdog.core.results import Outcome, ProbeResult
+from watchdog.incidents.manager import AlertManager
+from watchdog.notify.dispatch import Dispatcher
 from watchdog.notify.log import LogNotifier
 from watchdog.probes.base import Probe
 from watchdog.probes.registry import ProbeBuilder
-from watchdog.results import Outcome, ProbeResult
+from watchdog.runtime.buffer import ResultBuffer
 from watchdog.store.base import LATENCY_BUCKETS_S, StateStore, StoreUnavailable
+from watchdog.web.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
 
 if TYPE_CHECKING:
     from watchdog.slo.engine import SloEngine
 
-_log = logging.getLogger("watchdog.daemon")
+_log = logging.getLogger("watchdog.runtime.daemon")
 
 
 def latency_edges(config: WatchdogConfig) -> tuple[float, ...]:
@@ -112,7 +112,7 @@ class Daemon:
         self.started_at = self.clock.now()
         if self.config.slos:
             from watchdog.slo.engine import SloEngine
-            from watchdog.slo.metrics import SloCollector
+            from watchdog.web.slo_metrics import SloCollector
 
             # Incidents still firing from before a restart resolve normally instead of being forgotten.
             firing = await self.alerts.open_slo_incidents()

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from watchdog import __version__
-from watchdog.clock import SystemClock
 from watchdog.config import ConfigError, WatchdogConfig, load_config
-from watchdog.logs import configure_logging
-from watchdog.results import Outcome, ProbeResult
+from watchdog.core.clock import SystemClock
+from watchdog.core.logs import configure_logging
+from watchdog.core.results import Outcome, ProbeResult
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-_log = logging.getLogger("watchdog.cli")
+_log = logging.getLogger("watchdog.cli.main")
 
 EXIT_CONFIG = 2
 
@@ -149,7 +149,7 @@ def result_to_json(r: ProbeResult) -> dict[str, object]:
 
 async def run_all_once(config: WatchdogConfig) -> list[ProbeResult]:
     """Every enabled probe once, concurrently, each bounded by its own timeout."""
-    from watchdog.daemon import Daemon
+    from watchdog.runtime.daemon import Daemon
     from watchdog.store.memory import MemoryStore
 
     daemon = Daemon(config, MemoryStore(), clock=SystemClock())
@@ -190,9 +190,9 @@ async def serve_daemon(
     config: WatchdogConfig, listen: str, state: str, stop: asyncio.Event | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain and return the exit status."""
-    from watchdog.daemon import Daemon, latency_edges
-    from watchdog.server import HttpServer, create_app
+    from watchdog.runtime.daemon import Daemon, latency_edges
     from watchdog.store import StoreUnavailable, open_store
+    from watchdog.web.app import HttpServer, create_app
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,9 +248,9 @@ def run(config_dir: Path, listen: str | None, state: str | None) -> None:
 
 def _attach_subcommands() -> None:
     # Imported when invoked (or listed by --help), not on every start: see _LazyGroup.
-    main.add_lazy_command("demo", "watchdog.cli_demo:demo")
-    main.add_lazy_command("db", "watchdog.cli_db:db")
-    main.add_lazy_command("slo", "watchdog.cli_slo:slo")
+    main.add_lazy_command("demo", "watchdog.cli.demo:demo")
+    main.add_lazy_command("db", "watchdog.cli.db:db")
+    main.add_lazy_command("slo", "watchdog.cli.slo:slo")
 
 
 _attach_subcommands()

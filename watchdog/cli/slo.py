@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from watchdog.clock import SystemClock
 from watchdog.config import ConfigError, WatchdogConfig, load_config
+from watchdog.core.clock import SystemClock
 
 EXIT_CONFIG = 2
 EXIT_STATE = 1
@@ -86,8 +86,8 @@ def report(config_dir: Path, state: str | None, as_json: bool, plot: Path | None
 
 
 async def _report(config: WatchdogConfig, spec: str, as_json: bool, plot: Path | None) -> int:
+    from watchdog.cli.slo_report import PlotUnavailable, plot_budgets, render, report_json
     from watchdog.slo.engine import SloEngine
-    from watchdog.slo.report import PlotUnavailable, plot_budgets, render, report_json
     from watchdog.store import StoreUnavailable, open_store
 
     console = Console()

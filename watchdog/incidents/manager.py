@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from watchdog.clock import Clock
 from watchdog.config.alerts import EscalationPolicy, ProbeAlert, SloAlert
 from watchdog.config.loader import WatchdogConfig
+from watchdog.core.clock import Clock
+from watchdog.core.results import Outcome, ProbeResult
 from watchdog.notify.base import NOTIFY_TOPIC
-from watchdog.results import Outcome, ProbeResult
 from watchdog.store.base import StateStore
 
-_log = logging.getLogger("watchdog.alerting")
+_log = logging.getLogger("watchdog.incidents.manager")
 
 FIRING = "firing"
 RESOLVED = "resolved"

@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from watchdog import __version__
-from watchdog.daemon import Daemon
-from watchdog.metrics import exposition
+from watchdog.runtime.daemon import Daemon
+from watchdog.web.metrics import exposition
 
-_log = logging.getLogger("watchdog.server")
+_log = logging.getLogger("watchdog.web.app")
 
 
 def create_app(daemon: Daemon) -> Starlette:
