@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from watchdog.core.results import ProbeResult
 from watchdog.demo import ReferenceServer
 
 PROBES = """\
@@ -66,7 +67,10 @@ async def _check(config: Path, url: str) -> tuple[int, list[dict[str, object]]]:
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode in (0, 1), stderr.decode()
-    return proc.returncode, json.loads(stdout)
+    shown = json.loads(stdout)
+    for item in shown:  # the one result shape, read back losslessly
+        assert ProbeResult.from_dict(item).to_dict() == item
+    return proc.returncode, shown
 
 
 async def _faults(url: str, **faults: object) -> None:

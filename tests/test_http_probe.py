@@ -26,7 +26,7 @@ from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import FakeClock, SystemClock
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.probes._assertions import JsonPath
-from watchdog.probes._client import describe_error, make_client, read_body, redact_url
+from watchdog.probes._client import describe_error, make_client, read_body
 from watchdog.probes.base import Probe
 from watchdog.probes.http import HttpProbe, cert_not_after
 
@@ -480,28 +480,6 @@ async def test_interval_and_timeout_from_defaults_or_config() -> None:
         clock=SystemClock(),
     )
     assert (own.interval_s, own.timeout_s) == (60.0, 3.0)
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("https://user:hunter2@example.com/api/health", "https://***@example.com/api/health"),
-        (
-            "https://example.com/x?lang=en&token=abc&api_key=k1",
-            "https://example.com/x?lang=en&token=***&api_key=***",
-        ),
-        (
-            "https://example.com/x?Password=p&secret=s&sig=z&q=1",
-            "https://example.com/x?Password=***&secret=***&sig=***&q=1",
-        ),
-        (
-            "http://127.0.0.1:8080/api/pbl/scenarios?lang=zhTW&source=db",
-            "http://127.0.0.1:8080/api/pbl/scenarios?lang=zhTW&source=db",
-        ),
-    ],
-)
-async def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
 
 
 async def test_target_is_redacted_including_params() -> None:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog.config.slo import CalendarWindow, RollingWindow, format_duration
+from watchdog.config.slo import CalendarWindow, RollingWindow
+from watchdog.core.durations import format_duration
 from watchdog.slo.budget import budget, exhaustion_at
 from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, step_rule, window_stats
 from watchdog.slo.series import MISSING, TOTAL, CumulativeSeries

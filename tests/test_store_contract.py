@@ -28,7 +28,6 @@ from watchdog.store import (
     StateStore,
     StoreUnavailable,
     open_store,
-    redact_dsn,
 )
 
 PG_DSN = os.environ.get("WATCHDOG_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -616,19 +615,3 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
     assert PASSWORD_ENCODED not in str(info.value)
     with pytest.raises(ValueError):
         open_store("sqlite://")
-
-
-@pytest.mark.parametrize(
-    ("dsn", "expected"),
-    [
-        (f"postgresql://app:{PASSWORD_ENCODED}@db:5432/x", "postgresql://app:***@db:5432/x"),
-        (f"postgresql://app:{PASSWORD}@db:5432/x", "postgresql://app:***@db:5432/x"),  # unencoded
-        ("postgresql://app@db/x", "postgresql://app@db/x"),
-        ("postgresql://db/x?password=s3cr3t&sslmode=require", "postgresql://db/x?password=***&sslmode=require"),
-        (f"host=db user=app password='{PASSWORD}' dbname=x", "host=db user=app password=*** dbname=x"),
-        ("host=db password=s3cr3t", "host=db password=***"),
-        ("/var/lib/watchdog/state.db", "/var/lib/watchdog/state.db"),
-    ],
-)
-def test_redact_dsn(dsn: str, expected: str) -> None:
-    assert redact_dsn(dsn) == expected

@@ -22,24 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchdog.config.types import Duration, Name, PositiveDuration
-
-_UNITS: tuple[tuple[str, int], ...] = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-
-
-def format_duration(seconds: float) -> str:
-    """Compact label for a window length: ``300 -> "5m"``, ``3600 -> "1h"``, ``90 -> "90s"``.
-
-    The largest unit that divides the length exactly; used in rule names, metric labels and reports.
-    """
-    if not math.isfinite(seconds) or seconds <= 0:
-        return "0s"
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    whole = int(seconds)
-    for unit, size in _UNITS:
-        if whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"  # pragma: no cover - the "s" unit always divides
+from watchdog.core.durations import format_duration
 
 
 class Strict(BaseModel):

@@ -6,6 +6,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Outcome(enum.StrEnum):
@@ -51,6 +52,40 @@ class ProbeResult:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON shape of a result: ``check --json``, the status page and the store all use it.
+        Times are seconds (``latency_s``, ``started_at`` in epoch seconds), as everywhere else."""
+        return {
+            "probe": self.probe,
+            "kind": self.kind,
+            "target": self.target,
+            "labels": dict(self.labels),
+            "outcome": self.outcome.value,
+            "latency_s": self.latency_s,
+            "started_at": self.started_at,
+            "reason": self.reason,
+            "observations": [
+                {"name": o.name, "value": o.value, "labels": dict(o.labels)} for o in self.observations
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeResult:
+        return cls(
+            probe=d["probe"],
+            kind=d["kind"],
+            target=d["target"],
+            outcome=Outcome(d["outcome"]),
+            latency_s=float(d["latency_s"]),
+            started_at=float(d["started_at"]),
+            reason=d.get("reason", ""),
+            labels=dict(d.get("labels", {})),
+            observations=tuple(
+                Observation(name=o["name"], value=float(o["value"]), labels=dict(o.get("labels", {})))
+                for o in d.get("observations", [])
+            ),
+        )
 
 
 def series_key(probe: str, labels: Mapping[str, str]) -> str:

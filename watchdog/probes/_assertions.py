@@ -21,6 +21,7 @@ import jmespath.exceptions
 import jmespath.parser
 
 from watchdog.config.probes import DegradedWhen, Expectations, JsonAssertion, StatusSpec
+from watchdog.core.durations import human_duration
 from watchdog.probes._client import one_line
 
 
@@ -274,11 +275,6 @@ def compile_checks(expect: Expectations, degraded_when: DegradedWhen) -> Checks:
     )
 
 
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000.0
-    return f"{ms:.0f} ms" if ms >= 10 or ms == 0 else f"{ms:.1f} ms"
-
-
 def failures(
     checks: Checks,
     status: int,
@@ -300,7 +296,7 @@ def failures(
             reason += f": {one_line(text, 300)}"
         return [reason]
     if checks.max_latency_s is not None and latency_s > checks.max_latency_s:
-        reasons.append(f"latency {_ms(latency_s)} over {_ms(checks.max_latency_s)}")
+        reasons.append(f"latency {human_duration(latency_s)} over {human_duration(checks.max_latency_s)}")
     for name, pattern in checks.headers:
         value = headers.get(name)
         if value is None:
@@ -326,7 +322,8 @@ def degraded(checks: Checks, status: int, data: Any, latency_s: float) -> list[s
     if checks.degraded_status and status in checks.degraded_status:
         reasons.append(f"status {status} (degraded when in {checks.degraded_status.text})")
     if checks.degraded_latency_s is not None and latency_s > checks.degraded_latency_s:
-        reasons.append(f"latency {_ms(latency_s)} over {_ms(checks.degraded_latency_s)}")
+        over = human_duration(checks.degraded_latency_s)
+        reasons.append(f"latency {human_duration(latency_s)} over {over}")
     if data is not NOT_JSON:
         for check in checks.degraded_json:
             value = check.expression.search(data)

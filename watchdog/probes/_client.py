@@ -15,7 +15,6 @@ import functools
 import http.cookiejar
 import re
 import ssl
-import urllib.parse
 from typing import Any, Literal
 
 import httpcore
@@ -27,7 +26,6 @@ DEFAULT_KEEPALIVE_S = 120.0
 MAX_BODY_BYTES = 10 * 1024 * 1024
 """Bodies are read up to this size; a bigger body fails the check instead of exhausting memory."""
 
-_SECRET_PARAM = re.compile(r"token|key|pass|secret|auth|signature|^sig$|credential|session", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -134,28 +132,6 @@ def describe_error(exc: BaseException, timeout_s: float) -> str:
     if isinstance(shown, TimeoutError | httpx.TimeoutException | httpcore.TimeoutException):
         return f"timeout after {timeout_s:g} s" + (f" ({name}: {message})" if message else "")
     return f"{name}: {message}" if message else name
-
-
-@functools.lru_cache(maxsize=1024)
-def redact_url(url: str) -> str:
-    """The URL without userinfo and with secret-looking query values replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        redacted = []
-        for item in query.split("&"):
-            name, eq, _ = item.partition("=")
-            if eq and _SECRET_PARAM.search(urllib.parse.unquote_plus(name)):
-                item = f"{name}=***"
-            redacted.append(item)
-        query = "&".join(redacted)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 async def read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes | None:

@@ -24,6 +24,7 @@ import httpx
 from watchdog.config.probes import HttpProbeConfig, TlsCheck
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
+from watchdog.core.redact import redact_url
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, Checks, compile_checks, degraded, failures, parse_json
 from watchdog.probes._client import (
@@ -32,7 +33,6 @@ from watchdog.probes._client import (
     describe_error,
     make_client,
     read_body,
-    redact_url,
     ssl_context,
 )
 

@@ -30,9 +30,10 @@ import httpx
 from watchdog.config.probes import Capture, JourneyProbeConfig, JourneyStep
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
+from watchdog.core.redact import redact_url
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, JsonPath, compile_checks
-from watchdog.probes._client import describe_error, make_client, redact_url
+from watchdog.probes._client import describe_error, make_client
 from watchdog.probes.http import encode_body, evaluate, exchange, keepalive_for, outcome_of, probe_timing
 
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from watchdog.config.slo import format_duration
+from watchdog.core.durations import format_duration
 
 WindowState = Literal["ok", "low_traffic", "no_data"]
 NoDataPolicy = Literal["ignore", "alert", "bad"]

@@ -18,13 +18,7 @@ name) and its labels include every label the SLI selects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from watchdog.config.slo import Sli
-
-
-def labels_match(series_labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
-    return all(series_labels.get(k) == v for k, v in wanted.items())
 
 
 def source_key(sli: Sli) -> str:

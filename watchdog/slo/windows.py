@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from watchdog.config.slo import CalendarWindow, RollingWindow, format_duration
+from watchdog.config.slo import CalendarWindow, RollingWindow
+from watchdog.core.durations import format_duration
 
 __all__ = [
     "Period",

@@ -15,7 +15,8 @@ from typing import Any
 
 from ddsketch.mapping import LogarithmicMapping
 
-from watchdog.core.results import Observation, Outcome, ProbeResult, series_key
+from watchdog.core.labels import labels_match
+from watchdog.core.results import Outcome, ProbeResult, series_key
 from watchdog.store.base import LATENCY_BUCKETS_S, Incident, MinuteAggregate, ObservationMinute
 
 RELATIVE_ACCURACY = 0.01
@@ -83,13 +84,6 @@ def quantiles_from_bins(bins: Mapping[int, int], quantiles: Sequence[float]) -> 
     return out
 
 
-def labels_match(series_labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
-    """Subset match: the series carries every wanted label with the same value."""
-    if not wanted:
-        return True
-    return all(series_labels.get(k) == v for k, v in wanted.items())
-
-
 def check_range(start_minute: int, end_minute: int) -> bool:
     """False when the half-open range is empty (nothing to read)."""
     return end_minute > start_minute
@@ -104,40 +98,11 @@ def dumps(value: Any) -> str:
 
 
 def result_to_json(r: ProbeResult) -> str:
-    return json.dumps(
-        {
-            "probe": r.probe,
-            "kind": r.kind,
-            "target": r.target,
-            "outcome": r.outcome.value,
-            "latency_s": r.latency_s,
-            "started_at": r.started_at,
-            "reason": r.reason,
-            "labels": dict(r.labels),
-            "observations": [
-                {"name": o.name, "value": o.value, "labels": dict(o.labels)} for o in r.observations
-            ],
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(r.to_dict(), separators=(",", ":"))
 
 
 def result_from_json(text: str) -> ProbeResult:
-    d = json.loads(text)
-    return ProbeResult(
-        probe=d["probe"],
-        kind=d["kind"],
-        target=d["target"],
-        outcome=Outcome(d["outcome"]),
-        latency_s=float(d["latency_s"]),
-        started_at=float(d["started_at"]),
-        reason=d.get("reason", ""),
-        labels=dict(d.get("labels", {})),
-        observations=tuple(
-            Observation(name=o["name"], value=float(o["value"]), labels=dict(o.get("labels", {})))
-            for o in d.get("observations", [])
-        ),
-    )
+    return ProbeResult.from_dict(json.loads(text))
 
 
 def copy_json(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from watchdog.core.labels import labels_match
 from watchdog.core.results import ProbeResult
 from watchdog.store._common import (
     DEFAULT_MINUTE_RETENTION_S,
@@ -25,7 +26,6 @@ from watchdog.store._common import (
     check_args_positive,
     dumps,
     incident,
-    labels_match,
     make_minute_aggregate,
     make_observation_minute,
     minute_of,

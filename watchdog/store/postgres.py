@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from watchdog.core.redact import redact_url, scrub, secret_spellings
 from watchdog.core.results import ProbeResult
 from watchdog.store._common import (
     DEFAULT_MINUTE_RETENTION_S,
@@ -44,7 +45,6 @@ from watchdog.store._common import (
     result_from_json,
     result_to_json,
 )
-from watchdog.store._dsn import redact_dsn, scrub
 from watchdog.store.base import (
     LATENCY_BUCKETS_S,
     Incident,
@@ -193,7 +193,7 @@ class PostgresStore:
         return self._schema
 
     def __repr__(self) -> str:
-        return f"PostgresStore({redact_dsn(self._dsn)!r}, schema={self._schema!r})"
+        return f"PostgresStore({redact_url(self._dsn)!r}, schema={self._schema!r})"
 
     # -- plumbing --------------------------------------------------------------------------------
     def _q(self, template: LiteralString) -> sql.Composed:
@@ -206,7 +206,8 @@ class PostgresStore:
 
     def _unavailable(self, what: str, e: BaseException) -> StoreUnavailable:
         # libpq may echo parts of the conninfo (even the password) in its errors: scrub them.
-        return StoreUnavailable(f"postgres store {redact_dsn(self._dsn)}: {what}: {scrub(str(e), self._dsn)}")
+        detail = scrub(str(e), secret_spellings(self._dsn))
+        return StoreUnavailable(f"postgres store {redact_url(self._dsn)}: {what}: {detail}")
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -216,7 +217,7 @@ class PostgresStore:
 
     async def _connection(self) -> Conn:
         if self._closed:
-            raise StoreUnavailable(f"postgres store {redact_dsn(self._dsn)} is closed")
+            raise StoreUnavailable(f"postgres store {redact_url(self._dsn)} is closed")
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
@@ -272,7 +273,7 @@ class PostgresStore:
                 )
             elif version > SCHEMA_VERSION:
                 raise StoreUnavailable(
-                    f"postgres store {redact_dsn(self._dsn)} schema {self._schema} has version {version}, "
+                    f"postgres store {redact_url(self._dsn)} schema {self._schema} has version {version}, "
                     f"newer than this watchdog's {SCHEMA_VERSION}; upgrade the watchdog"
                 )
 

@@ -19,7 +19,9 @@ from urllib.parse import parse_qsl, quote, unquote
 
 import asyncpg
 
-_MASK = "***"
+from watchdog.core.redact import MASK as _MASK
+from watchdog.core.redact import scrub
+
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _KNOWN_PARAMS = {
     "host",
@@ -90,9 +92,7 @@ class ConnectTarget:
         return {s for s in (p, quote(p, safe=""), quote(p), p.replace("'", "\\'")) if s}
 
     def scrub(self, text: str) -> str:
-        for secret in sorted(self.secrets(), key=len, reverse=True):
-            text = text.replace(secret, _MASK)
-        return text
+        return scrub(text, self.secrets())
 
     def with_overrides(self, *, sslmode: str | None = None, password: str | None = None) -> ConnectTarget:
         return ConnectTarget(

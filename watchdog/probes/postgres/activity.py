@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from watchdog.config.postgres import ConnectionThresholds, LockThresholds, QueryThresholds
+from watchdog.core.durations import human_duration
 from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import (
     Cycle,
@@ -15,7 +16,6 @@ from watchdog.probes.postgres._report import (
     Verdict,
     delta,
     fmt_bytes,
-    fmt_s,
     privilege_note,
 )
 
@@ -96,7 +96,8 @@ async def check_connections(cycle: Cycle, cfg: ConnectionThresholds) -> FamilyRe
     elif ratio >= cfg.warn_ratio:
         v.degrade(f"connections near the limit: {usage}")
     if longest_idle_tx >= cfg.idle_in_transaction:
-        v.degrade(f"a session has been idle in transaction for {fmt_s(longest_idle_tx)} ({idle_tx_who})")
+        idle = human_duration(longest_idle_tx)
+        v.degrade(f"a session has been idle in transaction for {idle} ({idle_tx_who})")
     hidden = by_state.get(HIDDEN, 0)
     if hidden and not cycle.session.read_all_stats:
         v.degrade(privilege_note(cycle.session, f"the states of {hidden} sessions of other roles"))
@@ -290,8 +291,9 @@ async def check_queries(cycle: Cycle, cfg: QueryThresholds) -> FamilyReport:
     if long_rows:
         worst = long_rows[0]
         msg = (
-            f"{n_long} quer{'y' if n_long == 1 else 'ies'} running longer than {fmt_s(cfg.long_query)}; "
-            f"longest {fmt_s(worst[5])} (pid {worst[0]}, user {worst[1]}, application {worst[2] or '(none)'})"
+            f"{n_long} quer{'y' if n_long == 1 else 'ies'} running longer than "
+            f"{human_duration(cfg.long_query)}; longest {human_duration(worst[5])} "
+            f"(pid {worst[0]}, user {worst[1]}, application {worst[2] or '(none)'})"
         )
         v.threshold(worst[5], cfg.long_query, cfg.long_query_fail, msg)
     if not cycle.session.read_all_stats:
@@ -348,7 +350,7 @@ async def check_queries(cycle: Cycle, cfg: QueryThresholds) -> FamilyReport:
         st_obs, st_details = await _statements(cycle, cfg, v)
         obs += st_obs
         details["statements"] = st_details
-    summary = f"no query running longer than {fmt_s(cfg.long_query)}"
+    summary = f"no query running longer than {human_duration(cfg.long_query)}"
     if "statements" in details and not details["statements"]["available"]:
         summary += "; pg_stat_statements not available"
     return v.report("queries", summary, obs, details)
@@ -392,7 +394,7 @@ async def check_locks(cycle: Cycle, cfg: LockThresholds) -> FamilyReport:
         root = blockers.get(roots[0]) if roots else None
         who = (
             f"; root blocker pid {root[0]} (user {root[1]}, application {root[2] or '(none)'}, {root[3]}"
-            + (f", transaction open {fmt_s(root[4])}" if root[4] is not None else "")
+            + (f", transaction open {human_duration(root[4])}" if root[4] is not None else "")
             + ")"
             if root is not None
             else ""
@@ -400,7 +402,7 @@ async def check_locks(cycle: Cycle, cfg: LockThresholds) -> FamilyReport:
         msg = (
             f"{len(blocked)} session{'s' if len(blocked) != 1 else ''} blocked by "
             f"{len(blocker_pids)} other{'s' if len(blocker_pids) != 1 else ''}; "
-            f"longest wait {fmt_s(longest)} "
+            f"longest wait {human_duration(longest)} "
             f"(pid {w[0]}, user {w[1]}, waiting on {w[3]}, blocked by {', '.join(map(str, w[5]))}){who}"
         )
         v.threshold(longest, cfg.blocked_warn, cfg.blocked_fail, msg)

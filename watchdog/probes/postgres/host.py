@@ -8,21 +8,13 @@ from watchdog.config.postgres import HostMetrics
 from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import FamilyReport, Verdict
 from watchdog.sources.base import MetricSource, MetricSourceError, single_value
-from watchdog.sources.proc import ProcMetricSource
-from watchdog.sources.prometheus import NODE_CPU_PERCENT, NODE_MEMORY_PERCENT, PrometheusMetricSource
+from watchdog.sources.prometheus import NODE_CPU_PERCENT, NODE_MEMORY_PERCENT
 
 DEFAULT_QUERIES: dict[str, tuple[str, str]] = {
     "proc": ("cpu_percent", "memory_percent"),
     "prometheus": (NODE_CPU_PERCENT, NODE_MEMORY_PERCENT),
     "fake": ("cpu_percent", "memory_percent"),
 }
-
-
-def build_source(cfg: HostMetrics) -> MetricSource:
-    if cfg.source == "proc":
-        return ProcMetricSource()
-    assert cfg.url is not None  # validated by HostMetrics
-    return PrometheusMetricSource(cfg.url)
 
 
 def queries_for(cfg: HostMetrics | None, source: MetricSource) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import asyncpg
 from watchdog.config.postgres import ALL_FAMILIES, HostMetrics, PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
+from watchdog.core.durations import human_duration
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes.postgres._connect import (
     ConnectTarget,
@@ -22,11 +23,12 @@ from watchdog.probes.postgres._connect import (
     is_connection_error,
     resolve_target,
 )
-from watchdog.probes.postgres._report import Cycle, FamilyReport, ProbeMemory, Verdict, fmt_s
+from watchdog.probes.postgres._report import Cycle, FamilyReport, ProbeMemory, Verdict
 from watchdog.probes.postgres.activity import check_connections, check_locks, check_queries
-from watchdog.probes.postgres.host import build_source, check_host
+from watchdog.probes.postgres.host import check_host
 from watchdog.probes.postgres.server import check_replication, check_vitals
 from watchdog.sources.base import MetricSource
+from watchdog.sources.registry import build_source
 
 FamilyFn = Callable[[Cycle], Awaitable[FamilyReport]]
 
@@ -278,7 +280,7 @@ class PostgresProbe:
                 raise
             conn.discard()
             reason = (
-                f"timed out: no answer within the run's budget of {fmt_s(self.timeout_s)} "
+                f"timed out: no answer within the run's budget of {human_duration(self.timeout_s)} "
                 "(database hung or overloaded); connection dropped"
             )
             reports.append(
@@ -356,20 +358,21 @@ class PostgresProbe:
         if canary_error is not None:
             v.fail(f"canary query failed: {canary_error}")
         elif latency > cfg.slow_query:
-            v.degrade(f"canary query took {fmt_s(latency)} (> {fmt_s(cfg.slow_query)})")
+            v.degrade(f"canary query took {human_duration(latency)} (> {human_duration(cfg.slow_query)})")
         rtts = self._memory.rtts
         rtts.append(rtt)
         recent = list(rtts)[-cfg.region_rtt_runs :]
         if len(recent) >= cfg.region_rtt_runs and min(recent) > cfg.region_rtt:
             v.degrade(
-                f"round-trip time {fmt_s(statistics.median(recent))} sustained over the last "
+                f"round-trip time {human_duration(statistics.median(recent))} sustained over the last "
                 f"{len(recent)} runs "
-                f"(> {fmt_s(cfg.region_rtt)}): typical of a database in another region than this client; "
+                f"(> {human_duration(cfg.region_rtt)}): typical of a database in another region than this "
+                "client; "
                 "put the application and Cloud SQL in the same region and connect over the Unix socket"
             )
         summary = (
             f"{'replica' if in_recovery else 'primary'} reachable as {session.user}; "
-            f"query {fmt_s(latency)}, round trip {fmt_s(rtt)}"
+            f"query {human_duration(latency)}, round trip {human_duration(rtt)}"
         )
         details = {
             "role": "replica" if in_recovery else "primary",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from watchdog.config.postgres import ReplicationThresholds, VitalsThresholds
+from watchdog.core.durations import human_duration
 from watchdog.core.results import Observation
 from watchdog.probes.postgres._report import (
     Cycle,
@@ -12,7 +13,6 @@ from watchdog.probes.postgres._report import (
     Verdict,
     delta,
     fmt_bytes,
-    fmt_s,
     privilege_note,
 )
 
@@ -119,7 +119,10 @@ async def _primary(cycle: Cycle, cfg: ReplicationThresholds) -> FamilyReport:
             v.degrade(f"standby {name} is {state}, not streaming")
         if replay_lag is not None:
             v.threshold(
-                replay_lag, cfg.lag_warn, cfg.lag_fail, f"standby {name} replay lag {fmt_s(replay_lag)}"
+                replay_lag,
+                cfg.lag_warn,
+                cfg.lag_fail,
+                f"standby {name} replay lag {human_duration(replay_lag)}",
             )
         if replay_b is not None and cfg.bytes_warn is not None and replay_b >= cfg.bytes_warn:
             v.degrade(f"standby {name} is {fmt_bytes(replay_b)} of WAL behind in replay")
@@ -193,7 +196,7 @@ async def _replica(cycle: Cycle, cfg: ReplicationThresholds) -> FamilyReport:
     if since_replay is not None:
         obs.append(Observation("pg_replica_last_replay_age_seconds", since_replay))
     if delay is not None:
-        v.threshold(delay, cfg.lag_warn, cfg.lag_fail, f"replica replay delay {fmt_s(delay)}")
+        v.threshold(delay, cfg.lag_warn, cfg.lag_fail, f"replica replay delay {human_duration(delay)}")
     if gap_b is not None and cfg.bytes_warn is not None and gap_b >= cfg.bytes_warn:
         v.degrade(f"received WAL not yet replayed: {fmt_bytes(gap_b)}")
     if paused and cfg.replay_paused_degrade:
@@ -208,7 +211,8 @@ async def _replica(cycle: Cycle, cfg: ReplicationThresholds) -> FamilyReport:
                 f"WAL receiver is {status or 'not running'}: the replica is not streaming from its primary"
             )
     summary = (
-        f"replica streaming from {sender or '?'}:{sender_port or '?'}, replay delay {fmt_s(delay or 0.0)}"
+        f"replica streaming from {sender or '?'}:{sender_port or '?'}, "
+        f"replay delay {human_duration(delay or 0.0)}"
     )
     details = {
         "role": "replica",
@@ -311,9 +315,10 @@ async def check_vitals(cycle: Cycle, cfg: VitalsThresholds) -> FamilyReport:
             obs.append(Observation("pg_archiver_last_archived_age_seconds", archived_age))
         if failing:
             v.degrade(
-                f"WAL archiving is failing (last failure {fmt_s(failed_age or 0.0)} ago on {failed_wal}, "
+                f"WAL archiving is failing (last failure {human_duration(failed_age or 0.0)} ago "
+                f"on {failed_wal}, "
                 + (
-                    f"last success {fmt_s(archived_age)} ago"
+                    f"last success {human_duration(archived_age)} ago"
                     if archived_age is not None
                     else "never succeeded"
                 )
@@ -324,8 +329,8 @@ async def check_vitals(cycle: Cycle, cfg: VitalsThresholds) -> FamilyReport:
         if cfg.archive_max_age is not None and (archived_age is None or archived_age > cfg.archive_max_age):
             v.degrade(
                 "no WAL archived for "
-                + (fmt_s(archived_age) if archived_age is not None else "ever")
-                + f" (limit {fmt_s(cfg.archive_max_age)}): backup freshness at risk"
+                + (human_duration(archived_age) if archived_age is not None else "ever")
+                + f" (limit {human_duration(cfg.archive_max_age)}): backup freshness at risk"
             )
         details["archiver"] = {
             "archived_count": archived,
