@@ -11,11 +11,11 @@ from watchdog.config import load_config
 from watchdog.config.loader import WatchdogConfig
 from watchdog.core.clock import FakeClock
 from watchdog.core.results import Outcome, ProbeResult
-from watchdog.incidents.manager import AlertManager
+from watchdog.incidents.manager import IncidentManager
 from watchdog.notify.base import NotifyError, Page
 from watchdog.notify.dispatch import Dispatcher
 from watchdog.notify.log import LogNotifier
-from watchdog.slo.engine import AlertSignal
+from watchdog.slo.model import AlertSignal, Severity
 from watchdog.store import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def config() -> WatchdogConfig:
     return load_config(REPO, environ={"TARGET_BASE_URL": "https://svc.example"})
 
 
-def _signal(state: str, at: float, severity: str = "page") -> AlertSignal:
+def _signal(state: str, at: float, severity: Severity = "page") -> AlertSignal:
     return AlertSignal(
         slo="content-db-availability",
         severity=severity,
@@ -42,7 +42,7 @@ async def test_two_replicas_page_once_per_transition(tmp_path: Path, config: Wat
     stores = [SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")]
     for store in stores:
         await store.open()
-    managers = [AlertManager(config, store, clock) for store in stores]
+    managers = [IncidentManager(config, store, clock) for store in stores]
     firing = _signal("firing", clock.now())
     moved = await asyncio.gather(*(m.handle_slo_signals([firing]) for m in managers))
     assert sum(len(m) for m in moved) == 1, "exactly one replica wins the transition"
@@ -76,7 +76,7 @@ async def test_no_data_is_its_own_incident(tmp_path: Path, config: WatchdogConfi
     clock = FakeClock()
     store = SqliteStore(tmp_path / "s.db")
     await store.open()
-    manager = AlertManager(config, store, clock)
+    manager = IncidentManager(config, store, clock)
     burn = _signal("firing", clock.now())
     silent = AlertSignal(
         slo="content-db-availability",
@@ -113,7 +113,7 @@ async def test_ticket_signals_only_reach_ticket_alerts(tmp_path: Path, config: W
     clock = FakeClock()
     store = SqliteStore(tmp_path / "s.db")
     await store.open()
-    manager = AlertManager(config, store, clock)
+    manager = IncidentManager(config, store, clock)
     assert await manager.handle_slo_signals([_signal("firing", clock.now(), severity="ticket")]) == []
     latency = AlertSignal(
         slo="api-latency", severity="ticket", state="firing", burn_rates={}, at=0, summary=""
@@ -142,7 +142,7 @@ async def test_probe_alert_needs_consecutive_failures_for_its_duration(
     clock = FakeClock()
     store = SqliteStore(tmp_path / "s.db")
     await store.open()
-    manager = AlertManager(config, store, clock)  # app-down: for 1m, min_failures 3
+    manager = IncidentManager(config, store, clock)  # app-down: for 1m, min_failures 3
     start = clock.now()
     await store.record([_result(Outcome.OK, start)])
     for i in range(1, 4):

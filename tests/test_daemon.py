@@ -25,7 +25,8 @@ from watchdog.core.clock import SystemClock
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes.base import Probe
 from watchdog.probes.fake import FakeProbe
-from watchdog.runtime.daemon import Daemon, latency_edges
+from watchdog.runtime.daemon import Daemon
+from watchdog.runtime.wiring import latency_edges, wire
 from watchdog.store import PostgresStore, SqliteStore, StoreUnavailable
 from watchdog.web.app import HttpServer, create_app
 
@@ -81,7 +82,9 @@ async def _wait_for(predicate: object, timeout_s: float = 10.0) -> None:
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
     clock = SystemClock()
     store = SqliteStore(tmp_path / "state.db")
-    daemon = Daemon(_config(tmp_path), store, clock=clock, probes=_fakes(clock), instance="test-1")
+    daemon = Daemon(
+        wire(_config(tmp_path), store=store, clock=clock, probes=_fakes(clock), instance="test-1")
+    )
     await daemon.start()
     server = HttpServer(create_app(daemon), "127.0.0.1:0")
     url = await server.start()
@@ -112,6 +115,11 @@ async def test_results_reach_the_store_and_metrics(running: tuple[Daemon, str]) 
     assert health.status_code == 200
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert {p["probe"] for p in status["probes"]} >= {"always-ok", "raises"}
+    # The status page speaks the one result shape (the store's and `check --json`'s).
+    latest = {(r.probe, tuple(sorted(r.labels.items()))): r for r in await daemon.store.latest()}
+    for shown in status["probes"]:
+        result = ProbeResult.from_dict(shown)
+        assert result == latest[(result.probe, tuple(sorted(result.labels.items())))]
 
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -197,7 +205,7 @@ class _HangingProbe(_ExplodingProbe):
 
 
 async def test_contract_breaking_probes_are_contained(tmp_path: Path) -> None:
-    daemon = Daemon(_config(tmp_path), SqliteStore(tmp_path / "s.db"), probes=[])
+    daemon = Daemon(wire(_config(tmp_path), store=SqliteStore(tmp_path / "s.db"), probes=[]))
     exploded = await daemon.run_probe_once(_ExplodingProbe())
     assert exploded[0].outcome is Outcome.FAILED
     assert exploded[0].reason == "probe raised ValueError: contract broken"
@@ -210,7 +218,7 @@ async def test_contract_breaking_probes_are_contained(tmp_path: Path) -> None:
 async def test_slow_probe_runs_never_pile_up(tmp_path: Path) -> None:
     clock = SystemClock()
     slow = FakeProbe("slow", [Outcome.OK], clock=clock, interval_s=0.1, timeout_s=5, delay_s=0.5)
-    daemon = Daemon(_config(tmp_path), SqliteStore(tmp_path / "s.db"), clock=clock, probes=[slow])
+    daemon = Daemon(wire(_config(tmp_path), store=SqliteStore(tmp_path / "s.db"), clock=clock, probes=[slow]))
     await daemon.start()
     await asyncio.sleep(1.6)
     await daemon.stop()
@@ -244,7 +252,7 @@ async def _admin(sql: str) -> None:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True) as conn:
-        await conn.execute(sql)  # type: ignore[arg-type]
+        await conn.execute(sql.encode())
 
 
 @pytest.mark.postgres
@@ -257,7 +265,7 @@ async def test_store_outage_keeps_results_and_reports_not_ready(tmp_path: Path) 
         f"postgresql://postgres@127.0.0.1:5432/{db}", connect_timeout_s=1, reconnect_backoff_s=0.1
     )
     probe = FakeProbe("steady", [Outcome.OK], clock=clock, interval_s=0.1)
-    daemon = Daemon(_config(tmp_path), store, clock=clock, probes=[probe], instance="outage")
+    daemon = Daemon(wire(_config(tmp_path), store=store, clock=clock, probes=[probe], instance="outage"))
     await daemon.start()
     server = HttpServer(create_app(daemon), "127.0.0.1:0")
     url = await server.start()
@@ -413,7 +421,7 @@ async def test_stop_lets_running_probes_finish(tmp_path: Path) -> None:
     clock = SystemClock()
     slow = FakeProbe("slow", [Outcome.OK], clock=clock, interval_s=10, timeout_s=5, delay_s=0.6)
     store = SqliteStore(tmp_path / "s.db")
-    daemon = Daemon(_config(tmp_path), store, clock=clock, probes=[slow])
+    daemon = Daemon(wire(_config(tmp_path), store=store, clock=clock, probes=[slow]))
     await daemon.start()
 
     async def running() -> bool:

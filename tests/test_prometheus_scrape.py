@@ -16,6 +16,7 @@ from watchdog.core.clock import SystemClock
 from watchdog.core.results import Outcome
 from watchdog.probes.fake import FakeProbe
 from watchdog.runtime.daemon import Daemon
+from watchdog.runtime.wiring import wire
 from watchdog.store import SqliteStore
 from watchdog.web.app import HttpServer, create_app
 
@@ -36,10 +37,12 @@ async def test_prometheus_scrapes_and_queries_probe_series(tmp_path: Path) -> No
         FakeProbe("content-yaml", [Outcome.OK], clock=clock, interval_s=0.3, labels={"cohort": "yaml"}),
     ]
     daemon = Daemon(
-        WatchdogConfig(root=tmp_path, settings=settings),
-        SqliteStore(tmp_path / "s.db"),
-        clock=clock,
-        probes=probes,
+        wire(
+            WatchdogConfig(root=tmp_path, settings=settings),
+            store=SqliteStore(tmp_path / "s.db"),
+            clock=clock,
+            probes=probes,
+        )
     )
     await daemon.start()
     server = HttpServer(create_app(daemon), "127.0.0.1:0")

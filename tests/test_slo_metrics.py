@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from watchdog.config.loader import WatchdogConfig
+from watchdog.config.probes import HttpProbeConfig
+from watchdog.config.settings import Settings
 from watchdog.config.slo import SloConfig
 from watchdog.core.clock import FakeClock
 from watchdog.core.results import Outcome, ProbeResult
+from watchdog.runtime.wiring import latency_edges
 from watchdog.slo import SloEngine
-from watchdog.web.slo_metrics import SloCollector, latency_thresholds
+from watchdog.store.base import LATENCY_BUCKETS_S
 from watchdog.store.memory import MemoryStore
+from watchdog.web.slo_metrics import SloCollector
 
 T0 = 1_767_225_600.0
 
@@ -73,7 +79,7 @@ async def test_collector_exposes_every_slo_without_nan() -> None:
     assert got[("watchdog_slo_evaluation_timestamp_seconds", ())] == T0 + 7200
 
 
-def test_latency_thresholds_for_store_edges() -> None:
+def test_latency_thresholds_become_store_edges() -> None:
     slos = [
         SloConfig.model_validate(
             {"name": n, "objective": 95, "sli": {"kind": "latency", "probe": "api", "threshold": t}}
@@ -82,4 +88,15 @@ def test_latency_thresholds_for_store_edges() -> None:
     ]
     uptime = {"name": "d", "objective": 99, "sli": {"kind": "uptime", "probe": "x"}}
     slos.append(SloConfig.model_validate(uptime))
-    assert latency_thresholds(slos) == [0.2, 1.5]
+    probe = HttpProbeConfig.model_validate(
+        {
+            "kind": "http",
+            "name": "api",
+            "url": "http://127.0.0.1:1/",
+            "expect": {"max_latency": "2s"},
+            "degraded_when": {"latency_over": "200ms"},
+        }
+    )
+    config = WatchdogConfig(root=Path("."), settings=Settings(), probes=[probe], slos=slos)
+    assert config.latency_thresholds() == (0.2, 1.5, 2.0)
+    assert set(latency_edges(config)) == {*LATENCY_BUCKETS_S, 1.5}  # 0.2 and 2.0 are edges already

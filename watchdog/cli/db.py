@@ -15,16 +15,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from watchdog.config.postgres import PostgresProbeConfig
+from watchdog.config.postgres import HostMetrics, PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
-from watchdog.config.types import parse_duration
 from watchdog.core.clock import SystemClock
+from watchdog.core.durations import human_duration, parse_duration
 from watchdog.core.results import Outcome
 from watchdog.probes.postgres import DsnError, InspectReport, PostgresProbe, resolve_target
-from watchdog.probes.postgres._report import FamilyReport, fmt_bytes, fmt_s
+from watchdog.probes.postgres._report import FamilyReport, fmt_bytes
 from watchdog.sources.base import MetricSource
-from watchdog.sources.proc import ProcMetricSource
-from watchdog.sources.prometheus import PrometheusMetricSource
+from watchdog.sources.registry import build_source
 
 _STYLE = {Outcome.OK: "green", Outcome.DEGRADED: "yellow", Outcome.FAILED: "bold red"}
 
@@ -105,9 +104,9 @@ def inspect(
     if host_metrics == "prometheus":
         if not prometheus_url:
             raise click.UsageError("--host-metrics prometheus needs --prometheus-url")
-        source = PrometheusMetricSource(prometheus_url)
+        source = build_source(HostMetrics(source="prometheus", url=prometheus_url))
     elif host_metrics == "proc" or (host_metrics == "auto" and _is_local(target.host)):
-        source = ProcMetricSource()
+        source = build_source(HostMetrics(source="proc"))
     config = PostgresProbeConfig(
         kind="postgres",
         name="inspect",
@@ -159,7 +158,7 @@ def _num(value: Any, kind: str = "s") -> str:
     if value is None:
         return "—"
     if kind == "s":
-        return fmt_s(float(value))
+        return human_duration(float(value))
     if kind == "b":
         return fmt_bytes(float(value))
     return str(value)
@@ -174,7 +173,7 @@ def render(report: InspectReport, console: Console) -> None:
         head += (
             f"\n{d['role']} · PostgreSQL {d['server_version_num'] // 10000}.{d['server_version_num'] % 100}"
             f" · as {d['user']}{'' if s.get('read_all_stats') else ' (no pg_monitor: partial view)'}"
-            f" · query {fmt_s(d['query_latency_s'])} · round trip {fmt_s(d['rtt_s'])}"
+            f" · query {human_duration(d['query_latency_s'])} · round trip {human_duration(d['rtt_s'])}"
         )
     console.print(Panel(head, title="watchdog db inspect", subtitle=_outcome(report.outcome)))
 
@@ -204,7 +203,7 @@ def _connections(f: FamilyReport) -> Group:
         Text(
             f"Connections: {d['in_use']}/{d['available']} slots ({d['usage_ratio']:.0%}), max_connections "
             f"{d['max_connections']} − {d['reserved']} reserved; longest idle in transaction "
-            f"{fmt_s(d['longest_idle_in_transaction_s'])}",
+            f"{human_duration(d['longest_idle_in_transaction_s'])}",
             style="bold",
         )
     ]
@@ -237,8 +236,8 @@ def _connections(f: FamilyReport) -> Group:
                 str(r["pid"]),
                 r["user"] or "",
                 r["application"] or "",
-                fmt_s(r["idle_s"]),
-                fmt_s(r["transaction_s"]),
+                human_duration(r["idle_s"]),
+                human_duration(r["transaction_s"]),
                 r["query"] or "",
             )
         parts.append(it)
@@ -249,7 +248,7 @@ def _queries(f: FamilyReport) -> Group:
     d = f.details
     parts: list[Any] = []
     lq = _table(
-        f"Active queries (long ≥ {fmt_s(d['long_query_threshold_s'])})",
+        f"Active queries (long ≥ {human_duration(d['long_query_threshold_s'])})",
         "pid",
         "user",
         "application",
@@ -263,7 +262,7 @@ def _queries(f: FamilyReport) -> Group:
             str(r["pid"]),
             r["user"] or "",
             r["application"] or "",
-            Text(fmt_s(r["running_s"]), style=style),
+            Text(human_duration(r["running_s"]), style=style),
             r["wait"],
             r.get("query") or "",
         )
@@ -314,7 +313,7 @@ def _locks(f: FamilyReport) -> Group:
             r["user"] or "",
             r["application"] or "",
             r["waiting_on"] or "",
-            fmt_s(r["waiting_s"]),
+            human_duration(r["waiting_s"]),
             ", ".join(map(str, r["blocked_by"])),
             r.get("query") or "",
         )

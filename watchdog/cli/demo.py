@@ -43,9 +43,9 @@ def demo_config_dir() -> Path:
 
 
 async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Console) -> int:
-    from watchdog.cli.main import serve_daemon
     from watchdog.demo import ReferenceServer
     from watchdog.flags.flagd_file import write_initial
+    from watchdog.runtime.serve import serve_daemon
 
     flag_path = workdir / "flags.json"
     write_initial(flag_path, 5.0)

@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from watchdog.config import ConfigError, WatchdogConfig, load_config
+from watchdog.cli._common import load_or_exit
+from watchdog.config import WatchdogConfig
 from watchdog.core.clock import SystemClock
 
-EXIT_CONFIG = 2
 EXIT_STATE = 1
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -22,16 +22,6 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 @click.group("slo")
 def slo() -> None:
     """Service level objectives: budgets, burn rates and alerts."""
-
-
-def _load(config_dir: Path) -> WatchdogConfig:
-    try:
-        return load_config(config_dir)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        click.echo(f"{len(exc.problems)} problem(s) in {config_dir}", err=True)
-        sys.exit(EXIT_CONFIG)
 
 
 def _missing_sqlite_file(spec: str) -> Path | None:
@@ -69,7 +59,7 @@ def report(config_dir: Path, state: str | None, as_json: bool, plot: Path | None
 
     Alert states here are the rules' conditions now (a one-shot report has no hysteresis history).
     """
-    config = _load(config_dir)
+    config = load_or_exit(config_dir)
     spec = state or config.settings.state
     missing = _missing_sqlite_file(spec)
     if missing is not None:

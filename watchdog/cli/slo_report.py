@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from watchdog.slo.engine import BudgetHistory, Evaluation, SloStatus
+from watchdog.slo.model import BudgetHistory, Evaluation, SloStatus
 from watchdog.slo.windows import utc_iso
 
 _BURN_WINDOWS = ("5m", "1h", "6h", "3d")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from watchdog.config.alerts import Alert, EscalationPolicy, ProbeAlert, SloAlert
 from watchdog.config.probes import ProbeConfig
 from watchdog.config.settings import Settings
-from watchdog.config.slo import SloConfig
+from watchdog.config.slo import LatencySli, SloConfig
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -70,6 +70,13 @@ class WatchdogConfig:
 
     def enabled_probes(self) -> list[ProbeConfig]:
         return [p for p in self.probes if p.enabled]
+
+    def latency_thresholds(self) -> tuple[float, ...]:
+        """Every latency threshold the config names (latency SLIs, probe expectations): the store and
+        /metrics add them as histogram bucket edges, so "ratio under the threshold" is exact."""
+        found = {t for p in self.probes for t in p.latency_thresholds()}
+        found.update(s.sli.threshold for s in self.slos if isinstance(s.sli, LatencySli))
+        return tuple(sorted(found))
 
 
 class _Document:

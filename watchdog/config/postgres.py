@@ -178,6 +178,10 @@ class PostgresProbeConfig(BaseModel):
     vitals: VitalsThresholds = Field(default_factory=VitalsThresholds)
     host_metrics: HostMetrics | None = None
 
+    def latency_thresholds(self) -> tuple[float, ...]:
+        """None: a database probe's result latency is judged per check family, not by a bucket edge."""
+        return ()
+
     @field_validator("labels")
     @classmethod
     def _reserved_labels(cls, labels: dict[str, str]) -> dict[str, str]:

@@ -149,6 +149,11 @@ class RequestSpec(Strict):
             raise ValueError("give either body or json, not both")
         return self
 
+    def latency_thresholds(self) -> tuple[float, ...]:
+        """Latency limits this request is judged by (fail and degraded), for exact histogram buckets."""
+        limits = (self.expect.max_latency, self.degraded_when.latency_over)
+        return tuple(v for v in limits if v is not None and v > 0)
+
 
 class ProbeCommon(Strict):
     name: Name
@@ -228,6 +233,9 @@ class JourneyProbeConfig(ProbeCommon):
         if dupes:
             raise ValueError(f"step names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+    def latency_thresholds(self) -> tuple[float, ...]:
+        return tuple(v for step in self.steps for v in step.latency_thresholds())
 
 
 ProbeConfig = Annotated[

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from watchdog.config.alerts import EscalationPolicy, ProbeAlert, SloAlert
 from watchdog.config.loader import WatchdogConfig
 from watchdog.core.clock import Clock
+from watchdog.core.labels import labels_match
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.notify.base import NOTIFY_TOPIC
-from watchdog.store.base import StateStore
+from watchdog.store.base import IncidentStore, OutboxStore, ResultReader
 
 _log = logging.getLogger("watchdog.incidents.manager")
 
@@ -26,7 +27,8 @@ RESOLVED = "resolved"
 
 
 class SloSignal(Protocol):
-    """What the SLO engine hands over (watchdog.slo.engine.AlertSignal)."""
+    """What the SLO engine hands over (``watchdog.slo.model.AlertSignal``); a protocol, so this layer does
+    not import the engine."""
 
     @property
     def slo(self) -> str: ...
@@ -51,8 +53,12 @@ class Transition:
     version: int
 
 
-class AlertManager:
-    def __init__(self, config: WatchdogConfig, store: StateStore, clock: Clock) -> None:
+class AlertStore(IncidentStore, OutboxStore, ResultReader, Protocol):
+    """The store roles incident handling uses: incidents (compare-and-set), the outbox, recent results."""
+
+
+class IncidentManager:
+    def __init__(self, config: WatchdogConfig, store: AlertStore, clock: Clock) -> None:
         self._config = config
         self._store = store
         self._clock = clock
@@ -203,7 +209,7 @@ def _probe_alert_state(alert: ProbeAlert, recent: Sequence[ProbeResult], now: fl
     streak having lasted ``for``. Resolves when every series' latest result is good again."""
     by_series: dict[tuple[tuple[str, str], ...], list[ProbeResult]] = {}
     for r in recent:  # newest first
-        if all(r.labels.get(k) == v for k, v in alert.labels.items()):
+        if labels_match(r.labels, alert.labels):
             by_series.setdefault(tuple(sorted(r.labels.items())), []).append(r)
     bad = {Outcome.FAILED, Outcome.DEGRADED} if alert.degraded_counts else {Outcome.FAILED}
     for results in by_series.values():

@@ -9,7 +9,7 @@ from typing import Any
 
 from watchdog.core.clock import Clock
 from watchdog.notify.base import NOTIFY_TOPIC, Notifier, NotifyError, Page
-from watchdog.store.base import OutboxItem, StateStore
+from watchdog.store.base import OutboxItem, OutboxStore
 
 _log = logging.getLogger("watchdog.notify.dispatch")
 
@@ -19,7 +19,7 @@ MAX_ATTEMPTS = 8
 class Dispatcher:
     def __init__(
         self,
-        store: StateStore,
+        store: OutboxStore,
         notifiers: Mapping[str, Notifier],
         clock: Clock,
         worker: str,

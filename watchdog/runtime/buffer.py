@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from watchdog.core.results import ProbeResult
-from watchdog.store.base import StateStore, StoreUnavailable
+from watchdog.store.base import ResultWriter, StoreUnavailable
 
 _log = logging.getLogger("watchdog.runtime.buffer")
 
@@ -19,7 +19,7 @@ _log = logging.getLogger("watchdog.runtime.buffer")
 class ResultBuffer:
     def __init__(
         self,
-        store: StateStore,
+        store: ResultWriter,
         *,
         max_pending: int = 200_000,
         batch_size: int = 5_000,

@@ -1,17 +1,14 @@
-"""The daemon: probes on a schedule → buffer → store; evaluation and dispatch ticks; HTTP server.
+"""The daemon: probes on a schedule → buffer → store; evaluation, dispatch and retention ticks.
 
-Everything runs in one asyncio event loop: APScheduler's AsyncIOScheduler for the jobs and uvicorn for
-/metrics, /healthz and /readyz.
+Jobs only: ``wiring.wire`` builds what runs, ``serve`` adds the HTTP face. Everything shares one asyncio
+event loop (APScheduler's AsyncIOScheduler; uvicorn beside it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
-import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -27,18 +24,14 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from watchdog.config.loader import WatchdogConfig
-from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, RequestSpec
-from watchdog.core.clock import Clock, SystemClock
 from watchdog.core.results import Outcome, ProbeResult
-from watchdog.incidents.manager import AlertManager
-from watchdog.notify.dispatch import Dispatcher
-from watchdog.notify.log import LogNotifier
 from watchdog.probes.base import Probe
-from watchdog.probes.registry import ProbeBuilder
+from watchdog.probes.registry import run_bounded
 from watchdog.runtime.buffer import ResultBuffer
-from watchdog.store.base import LATENCY_BUCKETS_S, StateStore, StoreUnavailable
-from watchdog.web.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
+from watchdog.runtime.leader import LeaderLease
+from watchdog.runtime.wiring import Components
+from watchdog.store.base import StoreUnavailable
+from watchdog.web.metrics import ProbeMetrics, StoreSnapshotCollector
 
 if TYPE_CHECKING:
     from watchdog.slo.engine import SloEngine
@@ -46,58 +39,32 @@ if TYPE_CHECKING:
 _log = logging.getLogger("watchdog.runtime.daemon")
 
 
-def latency_edges(config: WatchdogConfig) -> tuple[float, ...]:
-    """The store's and /metrics' latency bucket edges: the defaults plus every latency threshold the
-    config names, so "ratio under threshold" SLIs are exact."""
-    edges = set(LATENCY_BUCKETS_S)
-    for slo in config.slos:
-        threshold = getattr(slo.sli, "threshold", None)
-        if isinstance(threshold, float):
-            edges.add(threshold)
-    for probe in config.probes:
-        requests: list[RequestSpec] = []
-        if isinstance(probe, HttpProbeConfig):
-            requests.append(probe)
-        elif isinstance(probe, JourneyProbeConfig):
-            requests.extend(probe.steps)
-        for request in requests:
-            for value in (request.expect.max_latency, request.degraded_when.latency_over):
-                if value is not None and value > 0:
-                    edges.add(value)
-    return tuple(sorted(edges))
-
-
-def default_instance_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class Daemon:
-    def __init__(
-        self,
-        config: WatchdogConfig,
-        store: StateStore,
-        *,
-        clock: Clock | None = None,
-        probes: Sequence[Probe] | None = None,
-        instance: str | None = None,
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.clock = clock or SystemClock()
-        self.instance = instance or config.settings.instance or default_instance_name()
-        defaults = config.settings.defaults
-        self._builder = ProbeBuilder(defaults=defaults, clock=self.clock)
-        self.probes: list[Probe] = (
-            list(probes) if probes is not None else self._builder.build_all(config.enabled_probes())
-        )
-        self.registry, self.probe_metrics, self.snapshot = build_registry(latency_edges(config))
-        self.buffer = ResultBuffer(store, on_recorded=self.probe_metrics.on_recorded)
+    """Runs the jobs over what ``wiring.wire`` built: probes on their schedules into the buffer, flushes,
+    evaluation (SLOs on every replica, incidents on the leader), page dispatch, retention. It builds nothing
+    from config itself."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.config = components.config
+        self.store = components.store
+        self.clock = components.clock
+        self.instance = components.instance
+        self.probes = components.probes
+        self.registry = components.registry
+        self.probe_metrics = components.probe_metrics
+        self.snapshot = components.snapshot
+        self.alerts = components.incidents
+        self.dispatcher = components.dispatcher
+        self.buffer = ResultBuffer(self.store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.slo_engine: SloEngine | None = None
-        self.alerts = AlertManager(config, store, self.clock)
-        self.log_notifier = LogNotifier()
-        self.dispatcher = Dispatcher(store, {"log": self.log_notifier}, self.clock, self.instance)
-        self.is_leader = False
+        self.leader = LeaderLease(
+            self.store,
+            self.instance,
+            self.clock,
+            ttl_s=max(15.0, self.config.settings.evaluation_interval * 3),
+        )
         self.started_at = 0.0
         self._last_outcome: dict[tuple[str, tuple[tuple[str, str], ...]], Outcome] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -105,6 +72,10 @@ class Daemon:
         """Probe name → when its submitted run was due (its scheduled time)."""
         self.runs_completed = 0
         self._stopped = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader.is_leader
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,19 +167,12 @@ class Daemon:
         if self.buffer.pending:
             _log.error("exiting with %d results not written: store unreachable", self.buffer.pending)
         await self.close_probes()
-        if self.is_leader:
-            with contextlib.suppress(StoreUnavailable):
-                await self.store.release_lease("leader", self.instance)
+        await self.leader.release()
         await self.store.close()
         _log.info("watchdog stopped", extra={"runs_completed": self.runs_completed})
 
     async def close_probes(self) -> None:
-        for probe in self.probes:
-            try:
-                await probe.aclose()
-            except Exception as exc:  # closing is best effort; keep closing the others
-                _log.warning("closing probe %s failed: %s", probe.name, exc)
-        await self._builder.aclose()
+        await self.components.close_probes()
 
     # -- jobs ------------------------------------------------------------------------------------------
     async def _run_probe(self, probe: Probe) -> None:
@@ -229,25 +193,7 @@ class Daemon:
 
     async def run_probe_once(self, probe: Probe) -> Sequence[ProbeResult]:
         """Run a probe, bounded by its timeout; whatever goes wrong becomes a failed result."""
-        started = self.clock.now()
-        try:
-            async with asyncio.timeout(probe.timeout_s + 2.0):
-                return await probe.run()
-        except TimeoutError:
-            reason = f"probe did not finish within its timeout ({probe.timeout_s:g} s)"
-        except Exception as exc:
-            reason = f"probe raised {type(exc).__name__}: {exc}"
-        return [
-            ProbeResult(
-                probe=probe.name,
-                kind=probe.kind,
-                target="",
-                outcome=Outcome.FAILED,
-                latency_s=max(0.0, self.clock.now() - started),
-                started_at=started,
-                reason=reason,
-            )
-        ]
+        return await run_bounded(probe, self.clock)
 
     def _log_changes(self, results: Sequence[ProbeResult]) -> None:
         for r in results:
@@ -280,7 +226,7 @@ class Daemon:
             self.probe_metrics.results_dropped.inc(self.buffer.dropped - dropped_before)
 
     async def _evaluate(self) -> None:
-        await self._renew_leadership()
+        await self.leader.renew()
         try:
             await self.evaluate_alerts()
         except StoreUnavailable as exc:
@@ -312,20 +258,6 @@ class Daemon:
             await self.dispatcher.run_once()
         except StoreUnavailable as exc:
             _log.warning("dispatch skipped, store unavailable: %s", exc)
-
-    async def _renew_leadership(self) -> None:
-        ttl = max(15.0, self.config.settings.evaluation_interval * 3)
-        try:
-            lease = await self.store.acquire_lease("leader", self.instance, ttl, self.clock.now())
-        except StoreUnavailable:
-            self.is_leader = False
-            return
-        was_leader = self.is_leader
-        self.is_leader = lease is not None
-        if self.is_leader != was_leader:
-            _log.info(
-                "leadership %s", "acquired" if self.is_leader else "lost", extra={"instance": self.instance}
-            )
 
     async def _prune(self) -> None:
         try:
@@ -375,6 +307,9 @@ class Daemon:
             "leader": self.is_leader,
             "instance": self.instance,
         }
+
+    async def latest_results(self) -> list[ProbeResult]:
+        return await self.store.latest()
 
     async def refresh_snapshot(self, snapshot: StoreSnapshotCollector) -> None:
         try:

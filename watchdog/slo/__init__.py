@@ -29,17 +29,12 @@ Decisions (details in the modules named):
 
 from watchdog.slo.budget import Budget, budget, exhaustion_at
 from watchdog.slo.burn import RuleState, WindowStats, step_rule, window_stats
-from watchdog.slo.engine import (
-    AlertSignal,
-    BudgetHistory,
-    Evaluation,
-    RuleStatus,
-    SloEngine,
-    SloStatus,
-)
+from watchdog.slo.engine import AggregateReader, SloEngine
+from watchdog.slo.model import AlertSignal, BudgetHistory, Evaluation, RuleStatus, SloStatus
 from watchdog.slo.windows import Period, calendar_month_bounds, slo_period
 
 __all__ = [
+    "AggregateReader",
     "AlertSignal",
     "Budget",
     "BudgetHistory",

@@ -18,10 +18,12 @@ import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Protocol
 
-from watchdog.config.slo import BurnRateAlert, MetricThresholdSli, SloConfig, format_duration
+from watchdog.config.slo import BurnRateAlert, MetricThresholdSli, SloConfig
 from watchdog.core.clock import Clock
+from watchdog.core.durations import format_duration, human_duration
+from watchdog.core.labels import labels_match
 from watchdog.slo.budget import Budget, budget, exhaustion_at
 from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, rule_conditions, step_rule, window_stats
 from watchdog.slo.ingest import (
@@ -35,14 +37,19 @@ from watchdog.slo.ingest import (
     plan_for,
     source_columns,
 )
+from watchdog.slo.model import (
+    SEVERITIES,
+    AlertSignal,
+    BudgetHistory,
+    Evaluation,
+    RuleStatus,
+    Severity,
+    SloStatus,
+)
 from watchdog.slo.series import DATA, GOOD, MISSING, TOTAL, CumulativeSeries, Values
-from watchdog.slo.sli import labels_match, source_key
+from watchdog.slo.sli import source_key
 from watchdog.slo.windows import Period, day_starts, minute_of, slo_period
-from watchdog.store.base import MinuteAggregate, ObservationMinute, StateStore
-
-Severity = Literal["page", "ticket"]
-SignalReason = Literal["burn_rate", "no_data"]
-SEVERITIES: tuple[Severity, ...] = ("page", "ticket")
+from watchdog.store.base import MinuteAggregate, ObservationMinute
 
 FORECAST_WINDOWS_S: tuple[float, ...] = (3600.0, 6 * 3600.0)
 """Burn rates the exhaustion forecast extrapolates (the headline is the earliest of them)."""
@@ -58,211 +65,6 @@ _YIELD_ITEMS = 100
 _YIELD_ROWS = 5000
 """The event loop is not held for long: evaluate() yields every 100 SLOs/sources and every 5,000 rows
 (about 4 ms at most with 1,000 SLOs), so probes sharing the loop keep their timing honest."""
-
-
-# -- results ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertSignal:
-    """A transition for the alerting layer: an SLO's page/ticket started or stopped firing."""
-
-    slo: str
-    severity: Severity
-    state: Literal["firing", "resolved"]
-    burn_rates: Mapping[str, float]
-    """Burn rate per window label (``"1h"``, ``"5m"``...) of the rules of this severity."""
-    at: float
-    summary: str
-    reason: SignalReason = "burn_rate"
-    rules: tuple[str, ...] = ()
-    """Rules firing (for ``firing``) or that were firing (for ``resolved``), e.g. ``("page-1h-5m",)``."""
-
-    @property
-    def dedup_key(self) -> str:
-        return f"slo:{self.slo}:{self.reason}:{self.severity}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "slo": self.slo,
-            "severity": self.severity,
-            "state": self.state,
-            "reason": self.reason,
-            "rules": list(self.rules),
-            "burn_rates": dict(self.burn_rates),
-            "at": self.at,
-            "summary": self.summary,
-        }
-
-
-@dataclass(slots=True)
-class RuleStatus:
-    rule: str
-    severity: Severity
-    burn_rate: float
-    """The threshold."""
-    long_window: str
-    short_window: str
-    long_burn_rate: float
-    short_burn_rate: float
-    long_counts: bool
-    short_counts: bool
-    firing: bool
-    since: float | None
-    clear_since: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "severity": self.severity,
-            "burn_rate": self.burn_rate,
-            "long_window": self.long_window,
-            "short_window": self.short_window,
-            "long_burn_rate": self.long_burn_rate,
-            "short_burn_rate": self.short_burn_rate,
-            "long_counts": self.long_counts,
-            "short_counts": self.short_counts,
-            "firing": self.firing,
-            "since": self.since,
-            "clear_since": self.clear_since,
-        }
-
-
-@dataclass(slots=True)
-class SloStatus:
-    """One SLO at one evaluation. Every float is finite. Read-only by convention (statuses, windows and rules
-    are plain slotted dataclasses: a thousand SLOs build ~15,000 of them per tick)."""
-
-    name: str
-    description: str
-    kind: str
-    objective: float
-    """As a ratio: 0.999."""
-    window: str
-    """``"30d"`` or ``"calendar month (Asia/Taipei)"``."""
-    window_start: float
-    window_end: float
-    period_end: float
-    """When the budget period ends (calendar windows; equals window_end for rolling ones)."""
-    evaluated_at: float
-    sli: float | None
-    """Good / total over the SLO window; None without any data in it."""
-    good: float
-    total: float
-    events: float
-    budget: Budget
-    budget_spent_24h: float
-    """Share of the window's budget spent in the last 24 hours."""
-    windows: Mapping[str, WindowStats]
-    """Alert and forecast windows by label (``"5m"``, ``"1h"``, ...)."""
-    slo_window: WindowStats
-    rules: tuple[RuleStatus, ...]
-    firing: tuple[str, ...]
-    """Severities firing now: ``"page"``, ``"ticket"``, ``"no_data"``."""
-    no_data: bool
-    """No result/observation for longer than ``no_data_after`` (or none in the window at all)."""
-    last_data_at: float | None
-    """End of the last minute with data (None: no data in the loaded span)."""
-    exhaustion_at: float | None
-    """Earliest projected budget exhaustion at the current 1 h / 6 h burn rate; None when not on course to."""
-    forecasts: Mapping[str, float | None]
-
-    @property
-    def budget_remaining(self) -> float:
-        return self.budget.remaining
-
-    @property
-    def burn_rates(self) -> dict[str, float]:
-        return {label: w.burn_rate for label, w in self.windows.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "kind": self.kind,
-            "objective": self.objective,
-            "window": self.window,
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "period_end": self.period_end,
-            "evaluated_at": self.evaluated_at,
-            "sli": self.sli,
-            "good": self.good,
-            "total": self.total,
-            "events": self.events,
-            "budget": {
-                "allowed": self.budget.allowed,
-                "spent": self.budget.spent,
-                "remaining": self.budget.remaining,
-                "spent_24h": self.budget_spent_24h,
-            },
-            "burn_rates": self.burn_rates,
-            "windows": {
-                label: {
-                    "seconds": w.seconds,
-                    "good": w.good,
-                    "total": w.total,
-                    "events": w.events,
-                    "missing_minutes": w.missing,
-                    "error_ratio": w.error_ratio,
-                    "burn_rate": w.burn_rate,
-                    "state": w.state,
-                    "counts": w.counts,
-                }
-                for label, w in self.windows.items()
-            },
-            "rules": [r.to_dict() for r in self.rules],
-            "firing": list(self.firing),
-            "no_data": self.no_data,
-            "last_data_at": self.last_data_at,
-            "exhaustion_at": self.exhaustion_at,
-            "forecasts": dict(self.forecasts),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    at: float
-    statuses: list[SloStatus]
-    signals: list[AlertSignal]
-    """Transitions since the previous evaluation."""
-    duration_s: float = 0.0
-
-    def status(self, name: str) -> SloStatus:
-        for s in self.statuses:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetHistory:
-    """The budget burn-down of one SLO over its current window, for plots."""
-
-    name: str
-    objective: float
-    window: str
-    start: float
-    end: float
-    period_end: float
-    times: list[float]
-    remaining: list[float]
-    """Budget remaining at each of ``times`` (1.0 at the window start)."""
-    day_starts: list[float]
-    spent_per_day: list[float]
-    """Share of the budget spent in each day starting at ``day_starts`` (local days for calendar windows)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "objective": self.objective,
-            "window": self.window,
-            "start": self.start,
-            "end": self.end,
-            "period_end": self.period_end,
-            "burn_down": [[t, r] for t, r in zip(self.times, self.remaining, strict=True)],
-            "spent_per_day": [[t, s] for t, s in zip(self.day_starts, self.spent_per_day, strict=True)],
-        }
 
 
 # -- internal state -----------------------------------------------------------------------------------
@@ -379,18 +181,6 @@ def _counts(ws: WindowStats, min_events: int, no_data: NoDataPolicy) -> bool:
     return ws.events > _EPS and ws.events + _EPS >= min_events
 
 
-def _human(seconds: float) -> str:
-    s = max(0, round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d{h}h"
-    if h:
-        return f"{h}h{m:02d}m"
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def _fmt_rate(x: float) -> str:
     return f"{x:.1f}x" if x < 100 else f"{x:.0f}x"
 
@@ -398,8 +188,16 @@ def _fmt_rate(x: float) -> str:
 # -- the engine ---------------------------------------------------------------------------------------
 
 
+class AggregateReader(Protocol):
+    """The two store reads the engine needs (every ``StateStore`` is one)."""
+
+    async def minutes(self, start_minute: int, end_minute: int) -> list[MinuteAggregate]: ...
+
+    async def observation_minutes(self, start_minute: int, end_minute: int) -> list[ObservationMinute]: ...
+
+
 class SloEngine:
-    """Evaluates SLOs from a StateStore on every ``evaluate()`` (call it on a short tick, e.g. 5 s).
+    """Evaluates SLOs from the store's aggregates on every ``evaluate()`` (call it on a short tick, e.g. 5 s).
 
     ``firing``: (slo, severity) pairs believed to be firing already (from open incidents after a restart;
     severity ``page``, ``ticket`` or ``no_data``), so that they resolve normally instead of being forgotten.
@@ -409,7 +207,7 @@ class SloEngine:
     def __init__(
         self,
         slos: Sequence[SloConfig],
-        store: StateStore,
+        store: AggregateReader,
         clock: Clock,
         *,
         firing: Iterable[tuple[str, str]] = (),
@@ -772,7 +570,7 @@ class SloEngine:
             slo.firing["no_data"] = nd_alert
             probe = cfg.sli.probe
             if nd_alert:
-                since = "ever" if last_data_at is None else _human(now - last_data_at)
+                since = "ever" if last_data_at is None else human_duration(now - last_data_at)
                 summary = f"{cfg.name}: no data from probe {probe} for {since} (no_data: alert)"
             else:
                 summary = f"{cfg.name}: data from probe {probe} is back"

@@ -1,5 +1,6 @@
 """Metric sources: numbers from outside (Prometheus HTTP API, /proc; a fake), behind ``MetricSource`` in
-``base``, for checks such as host CPU and memory. Imports core only."""
+``base``, for checks such as host CPU and memory; ``registry`` builds a kind from config. Imports config
+and core only."""
 
 from __future__ import annotations
 

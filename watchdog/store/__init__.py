@@ -1,18 +1,26 @@
-"""The watchdog's own state: probe aggregates, incidents, the outbox and the leader lease."""
+"""The watchdog's own state: probe aggregates, incidents, the outbox and the leader lease, behind role
+protocols in ``base`` (``ResultWriter``, ``ResultReader``, ``IncidentStore``, ``OutboxStore``,
+``LeaseStore``; ``StateStore`` is all of them) with SQLite, PostgreSQL and in-memory implementations under
+one contract suite. Imports config and core only."""
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
 
-from watchdog.store._dsn import redact_dsn
+from watchdog.core.redact import redact_url
 from watchdog.store.base import (
     LATENCY_BUCKETS_S,
     Incident,
+    IncidentStore,
     Lease,
+    LeaseStore,
     MinuteAggregate,
     ObservationMinute,
     OutboxItem,
+    OutboxStore,
+    ResultReader,
+    ResultWriter,
     StateStore,
     StoreUnavailable,
 )
@@ -25,17 +33,21 @@ if TYPE_CHECKING:
 __all__ = [
     "LATENCY_BUCKETS_S",
     "Incident",
+    "IncidentStore",
     "Lease",
+    "LeaseStore",
     "MemoryStore",
     "MinuteAggregate",
     "ObservationMinute",
     "OutboxItem",
+    "OutboxStore",
     "PostgresStore",
+    "ResultReader",
+    "ResultWriter",
     "SqliteStore",
     "StateStore",
     "StoreUnavailable",
     "open_store",
-    "redact_dsn",
 ]
 
 
@@ -75,7 +87,7 @@ def open_store(spec: str, **kwargs: Any) -> StateStore:
             raise ValueError(f"sqlite store spec needs a path: sqlite:///file.db, got {spec!r}")
         return SqliteStore(path, **kwargs)
     if scheme is not None:
-        raise ValueError(f"unknown store scheme {scheme!r} in {redact_dsn(spec)!r}")
+        raise ValueError(f"unknown store scheme {scheme!r} in {redact_url(spec)!r}")
     if not spec:
         raise ValueError("empty store spec")
     return SqliteStore(spec, **kwargs)

@@ -110,25 +110,17 @@ class Incident:
     updated_at: float = 0.0
 
 
-class StateStore(Protocol):
-    """Everything the daemon persists. Every method may raise ``StoreUnavailable``."""
+# -- roles: each consumer depends on the narrowest one it needs ------------------------------------------
 
-    async def open(self) -> None:
-        """Connect and create/migrate the schema (idempotent)."""
-        ...
 
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the store answers now (used by /readyz)."""
-        ...
-
-    # -- probe results ---------------------------------------------------------------------------
+class ResultWriter(Protocol):
     async def record(self, results: Sequence[ProbeResult]) -> None:
         """Add results atomically: per-minute aggregates, sketch bins, observation minutes, the latest
         result per series and the recent raw results. All or nothing for the batch."""
         ...
 
+
+class ResultReader(Protocol):
     async def minutes(
         self,
         start_minute: int,
@@ -169,17 +161,18 @@ class StateStore(Protocol):
         """Raw results, newest first."""
         ...
 
-    async def prune(self, now: float) -> int:
-        """Apply retention (raw results and minute aggregates); returns rows removed."""
-        ...
 
-    # -- coordination between replicas -----------------------------------------------------------
+class LeaseStore(Protocol):
+    """Coordination between replicas."""
+
     async def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> Lease | None:
         """Take or renew the named lease; None when another holder has an unexpired one."""
         ...
 
     async def release_lease(self, name: str, holder: str) -> None: ...
 
+
+class IncidentStore(Protocol):
     async def get_incident(self, key: str) -> Incident | None: ...
 
     async def list_incidents(self, states: Sequence[str] | None = None) -> list[Incident]: ...
@@ -196,6 +189,10 @@ class StateStore(Protocol):
         incident (version + 1) or None when another writer got there first."""
         ...
 
+
+class OutboxStore(Protocol):
+    """Work to do exactly once (pages, later flag flips): enqueued deduplicated, claimed before it is done."""
+
     async def enqueue(
         self, topic: str, payload: Mapping[str, Any], dedup_key: str, now: float, delay_s: float = 0.0
     ) -> bool:
@@ -211,3 +208,22 @@ class StateStore(Protocol):
     async def complete(self, item_id: int, worker: str, now: float) -> None: ...
 
     async def retry_later(self, item_id: int, worker: str, error: str, retry_at: float) -> None: ...
+
+
+class StateStore(ResultWriter, ResultReader, LeaseStore, IncidentStore, OutboxStore, Protocol):
+    """Everything the daemon persists: every role above plus the lifecycle. Every method may raise
+    ``StoreUnavailable``."""
+
+    async def open(self) -> None:
+        """Connect and create/migrate the schema (idempotent)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now (used by /readyz)."""
+        ...
+
+    async def prune(self, now: float) -> int:
+        """Apply retention (raw results and minute aggregates); returns rows removed."""
+        ...

@@ -7,22 +7,44 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Protocol
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from watchdog import __version__
-from watchdog.runtime.daemon import Daemon
-from watchdog.web.metrics import exposition
+from watchdog.core.results import ProbeResult
+from watchdog.web.metrics import StoreSnapshotCollector, exposition
 
 _log = logging.getLogger("watchdog.web.app")
 
 
-def create_app(daemon: Daemon) -> Starlette:
+class DaemonView(Protocol):
+    """What the HTTP face reads from the daemon (``runtime.daemon.Daemon`` is one); web never imports it."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def snapshot(self) -> StoreSnapshotCollector: ...
+
+    @property
+    def instance(self) -> str: ...
+
+    async def refresh_snapshot(self, snapshot: StoreSnapshotCollector) -> None: ...
+
+    async def readiness(self) -> dict[str, object]: ...
+
+    async def latest_results(self) -> list[ProbeResult]:
+        """The newest result of every series; raises when the store does not answer."""
+        ...
+
+
+def create_app(daemon: DaemonView) -> Starlette:
     async def metrics(_: Request) -> Response:
         await daemon.refresh_snapshot(daemon.snapshot)
         return Response(exposition(daemon.registry), media_type=CONTENT_TYPE_LATEST)
@@ -36,7 +58,7 @@ def create_app(daemon: Daemon) -> Starlette:
 
     async def status(_: Request) -> Response:
         try:
-            latest = await daemon.store.latest()
+            latest = await daemon.latest_results()
         except Exception as exc:
             return JSONResponse({"error": f"store unavailable: {exc}"}, status_code=503)
         return JSONResponse(
@@ -44,14 +66,7 @@ def create_app(daemon: Daemon) -> Starlette:
                 "version": __version__,
                 "instance": daemon.instance,
                 "probes": [
-                    {
-                        "probe": r.probe,
-                        "labels": dict(r.labels),
-                        "outcome": r.outcome.value,
-                        "latency_ms": round(r.latency_s * 1000, 2),
-                        "reason": r.reason,
-                        "at": r.started_at,
-                    }
+                    r.to_dict()
                     for r in sorted(latest, key=lambda r: (r.probe, sorted(r.labels.items())))
                 ],
             }

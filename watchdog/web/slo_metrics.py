@@ -11,18 +11,12 @@ not a made-up number) and ``watchdog_slo_no_data`` 1; its budget remaining is 1 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from watchdog.config.slo import LatencySli, SloConfig
-from watchdog.slo.engine import Evaluation, SloEngine
-
-
-def latency_thresholds(slos: Iterable[SloConfig]) -> list[float]:
-    """Latency thresholds named by SLOs: give them to the store as extra bucket edges so that "ratio under
-    the threshold" is exact (``open_store(spec, latency_buckets=LATENCY_BUCKETS_S + tuple(...))``)."""
-    return sorted({s.sli.threshold for s in slos if isinstance(s.sli, LatencySli)})
+from watchdog.slo.engine import SloEngine
+from watchdog.slo.model import Evaluation
 
 
 def _f(x: float) -> float:

@@ -1,0 +1,54 @@
+"""Run the daemon with its HTTP face until SIGTERM/SIGINT: ``watchdog run`` and ``watchdog demo`` use it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from watchdog.config.loader import WatchdogConfig
+from watchdog.runtime.daemon import Daemon
+from watchdog.runtime.wiring import wire
+from watchdog.store.base import StoreUnavailable
+from watchdog.web.app import HttpServer, create_app
+
+_log = logging.getLogger(__name__)
+
+
+async def serve_daemon(
+    config: WatchdogConfig, listen: str, state: str, stop: asyncio.Event | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); drain and return the exit status."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            components = wire(config, state=state)
+        except ValueError as exc:
+            _log.error("bad state store: %s", exc)
+            return 2
+        daemon = Daemon(components)
+        try:
+            await daemon.start()
+        except StoreUnavailable as exc:
+            _log.error("cannot open the state store: %s", exc)
+            await components.close_probes()
+            return 1
+        server = HttpServer(create_app(daemon), listen)
+        try:
+            url = await server.start()
+        except OSError as exc:
+            _log.error("%s", exc)
+            await daemon.stop()
+            return 1
+        _log.info("serving /metrics, /healthz, /readyz on %s", url, extra={"url": url})
+        await stop.wait()
+        _log.info("shutting down")
+        await server.stop()
+        await daemon.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,121 @@
+"""The composition root: the one place config becomes live objects.
+
+``wire(config)`` builds the store, the probes (through the probe registry, which builds their metric
+sources), the notifiers (notifier registry), the incident manager, the page dispatcher and the metrics
+registry, and hands them to the daemon as one ``Components``. Tests pass their own store, clock, probes
+or notifiers; everything they do not pass is built exactly as in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from watchdog.config.loader import WatchdogConfig
+from watchdog.core.clock import Clock, SystemClock
+from watchdog.incidents.manager import IncidentManager
+from watchdog.notify.base import Notifier
+from watchdog.notify.dispatch import Dispatcher
+from watchdog.notify.registry import FALLBACK_KIND, build_notifiers
+from watchdog.probes.base import Probe
+from watchdog.probes.registry import ProbeBuilder
+from watchdog.store.base import LATENCY_BUCKETS_S, StateStore
+from watchdog.web.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
+
+_log = logging.getLogger(__name__)
+
+
+def default_instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def latency_edges(config: WatchdogConfig) -> tuple[float, ...]:
+    """The store's and /metrics' latency bucket edges: the defaults plus every latency threshold the
+    config names, so "ratio under threshold" SLIs are exact."""
+    return tuple(sorted({*LATENCY_BUCKETS_S, *config.latency_thresholds()}))
+
+
+def open_configured_store(config: WatchdogConfig, state: str | None = None) -> StateStore:
+    """The store named by ``state`` (default: ``settings.state``), not yet opened; ValueError if bad."""
+    from watchdog.store import open_store
+
+    return open_store(
+        state or config.settings.state,
+        latency_buckets=latency_edges(config),
+        raw_retention_s=config.settings.retention.raw,
+        minute_retention_s=config.settings.retention.minutes,
+    )
+
+
+@dataclass
+class Components:
+    """Everything one daemon runs, built from one config."""
+
+    config: WatchdogConfig
+    clock: Clock
+    instance: str
+    store: StateStore
+    probes: list[Probe]
+    notifiers: dict[str, Notifier]
+    incidents: IncidentManager
+    dispatcher: Dispatcher
+    registry: CollectorRegistry
+    probe_metrics: ProbeMetrics
+    snapshot: StoreSnapshotCollector
+    _builder: ProbeBuilder | None = field(default=None, repr=False)
+
+    async def close_probes(self) -> None:
+        """Close every probe (best effort: one failing does not keep the others open), then the clients
+        the probe builder shares between them."""
+        for probe in self.probes:
+            try:
+                await probe.aclose()
+            except Exception as exc:
+                _log.warning("closing probe %s failed: %s", probe.name, exc)
+        if self._builder is not None:
+            await self._builder.aclose()
+
+
+def notifier_kinds(config: WatchdogConfig) -> set[str]:
+    """Every channel kind the escalation policies name."""
+    return {target.type for policy in config.escalation for level in policy.levels for target in level.notify}
+
+
+def wire(
+    config: WatchdogConfig,
+    *,
+    store: StateStore | None = None,
+    state: str | None = None,
+    clock: Clock | None = None,
+    probes: Sequence[Probe] | None = None,
+    notifiers: Mapping[str, Notifier] | None = None,
+    instance: str | None = None,
+) -> Components:
+    clock = clock or SystemClock()
+    instance = instance or config.settings.instance or default_instance_name()
+    store = store if store is not None else open_configured_store(config, state)
+    builder: ProbeBuilder | None = None
+    if probes is None:
+        builder = ProbeBuilder(defaults=config.settings.defaults, clock=clock)
+        probes = builder.build_all(config.enabled_probes())
+    built_notifiers = dict(notifiers) if notifiers is not None else build_notifiers(notifier_kinds(config))
+    registry, probe_metrics, snapshot = build_registry(latency_edges(config))
+    return Components(
+        config=config,
+        clock=clock,
+        instance=instance,
+        store=store,
+        probes=list(probes),
+        notifiers=built_notifiers,
+        incidents=IncidentManager(config, store, clock),
+        dispatcher=Dispatcher(store, built_notifiers, clock, instance, fallback=FALLBACK_KIND),
+        registry=registry,
+        probe_metrics=probe_metrics,
+        snapshot=snapshot,
+        _builder=builder,
+    )
