@@ -21,7 +21,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict watchdog
+	$(VENV)/bin/mypy --strict watchdog tests
+	MYPYPATH=tests $(VENV)/bin/mypy --strict bench
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
