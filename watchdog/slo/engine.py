@@ -22,8 +22,9 @@ from typing import Protocol
 
 from watchdog.config.slo import BurnRateAlert, MetricThresholdSli, SloConfig
 from watchdog.core.clock import Clock
-from watchdog.core.durations import format_duration, human_duration
+from watchdog.core.durations import format_duration
 from watchdog.core.labels import labels_match
+from watchdog.slo import messages
 from watchdog.slo.budget import Budget, budget, exhaustion_at
 from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, rule_conditions, step_rule, window_stats
 from watchdog.slo.ingest import (
@@ -179,10 +180,6 @@ def _counts(ws: WindowStats, min_events: int, no_data: NoDataPolicy) -> bool:
     if no_data == "bad" and ws.missing > _EPS:
         return True
     return ws.events > _EPS and ws.events + _EPS >= min_events
-
-
-def _fmt_rate(x: float) -> str:
-    return f"{x:.1f}x" if x < 100 else f"{x:.0f}x"
 
 
 # -- the engine ---------------------------------------------------------------------------------------
@@ -473,19 +470,24 @@ class SloEngine:
         for r in mine:
             rates[labels[r.cfg.long_window]] = stats[r.cfg.long_window].burn_rate
             rates[labels[r.cfg.short_window]] = stats[r.cfg.short_window].burn_rate
-        left = f"{bud.remaining:.1%} of the {period.label} budget left"
+        left = messages.budget_left(bud.remaining, period.label)
         firing = [r for r in mine if r.state.firing]
         if firing:
             lead = firing[0].cfg
             lw, sw = lead.long_window, lead.short_window
-            summary = (
-                f"{name}: error budget burning {_fmt_rate(stats[lw].burn_rate)} over {labels[lw]}"
-                f" and {_fmt_rate(stats[sw].burn_rate)} over {labels[sw]}"
-                f" ({severity} above {_fmt_rate(lead.burn_rate)}); {left}"
+            summary = messages.burn_firing(
+                name,
+                severity,
+                stats[lw].burn_rate,
+                labels[lw],
+                stats[sw].burn_rate,
+                labels[sw],
+                lead.burn_rate,
+                left,
             )
             return AlertSignal(name, severity, "firing", rates, now, summary, "burn_rate",
                                tuple(r.rule_id for r in firing))
-        summary = f"{name}: burn rate back under the {severity} thresholds; {left}"
+        summary = messages.burn_resolved(name, severity, left)
         return AlertSignal(name, severity, "resolved", rates, now, summary, "burn_rate",
                            tuple(r.rule_id for r in mine))
 
@@ -570,10 +572,10 @@ class SloEngine:
             slo.firing["no_data"] = nd_alert
             probe = cfg.sli.probe
             if nd_alert:
-                since = "ever" if last_data_at is None else human_duration(now - last_data_at)
-                summary = f"{cfg.name}: no data from probe {probe} for {since} (no_data: alert)"
+                silent = None if last_data_at is None else now - last_data_at
+                summary = messages.no_data_firing(cfg.name, probe, silent)
             else:
-                summary = f"{cfg.name}: data from probe {probe} is back"
+                summary = messages.no_data_resolved(cfg.name, probe)
             signals.append(AlertSignal(cfg.name, cfg.no_data_severity, "firing" if nd_alert else "resolved",
                                        {}, now, summary, "no_data", ()))
 
