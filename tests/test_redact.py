@@ -40,6 +40,10 @@ PASSWORD_ENCODED = "s3cr3t%40%3A%2Fx"
             "https://***@example.com/x?email=a@b&token=***",
         ),
         ("https://example.com/x?token=t#frag", "https://example.com/x?token=***#frag"),
+        # no scheme at all: still userinfo, still masked; a plain path is left alone
+        ("user:secret@127.0.0.1:9090", "***@127.0.0.1:9090"),
+        ("prom.internal:9090/api", "prom.internal:9090/api"),
+        ("/srv/state/a@b.db", "/srv/state/a@b.db"),
     ],
 )
 def test_redact_http_urls(url: str, shown: str) -> None:

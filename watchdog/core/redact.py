@@ -11,7 +11,8 @@ Rules (each redacts what the consumer of the string would read as a secret):
 - query parameters whose name looks secret (token, key, pass, secret, auth, signature, sig, credential,
   session) have their value replaced by ``***``.
 - libpq ``key=value`` strings: ``password=…`` (quoted or not) is masked.
-Anything else (a file path) comes back unchanged.
+A string without a scheme but with userinfo (``user:secret@host:9090``) is read as an authority; anything
+else (a file path) comes back unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DO
 _DB_SCHEMES = frozenset({"postgres", "postgresql"})
 _SECRET_PARAM = re.compile(r"token|key|pass|secret|auth|signature|^sig$|credential|session", re.IGNORECASE)
 # key=value conninfo: password=secret or password='quoted \' secret'
+_KV_ANY = re.compile(r"(?:^|\s)[A-Za-z_]+\s*=")
 _KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s]+)", re.IGNORECASE)
 
 
@@ -56,7 +58,11 @@ def redact_url(text: str) -> str:
     """``text`` (a URL, a DSN or a libpq ``key=value`` string) safe to show; see the module docstring."""
     m = _URL.match(text)
     if m is None:
-        return _KV_PASSWORD.sub(lambda k: k.group("key") + MASK, text)
+        if _KV_ANY.search(text):
+            return _KV_PASSWORD.sub(lambda k: k.group("key") + MASK, text)
+        # No scheme: "user:secret@host:9090" is still an authority with userinfo; a path is left alone.
+        split = split_userinfo("", text)
+        return text if split is None else f"{MASK}@{split[1]}"
     scheme, rest = m.group("scheme"), m.group("rest")
     split = split_userinfo(scheme, rest)
     if split is not None:
