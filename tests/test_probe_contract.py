@@ -1,14 +1,20 @@
-"""The Probe contract, one suite for every kind here: HttpProbe, JourneyProbe and the FakeProbe test double.
+"""The Probe contract, one suite for every kind here: HttpProbe, JourneyProbe, PostgresProbe and the FakeProbe
+test double.
 
 * ``run()`` returns ProbeResults carrying the probe's name and kind, ``started_at`` from the injected clock;
 * it never raises on a dead target (closed loopback port) or a hanging one (accepts, never answers): it
   returns ``failed`` with a reason, the hang bounded by ``timeout_s`` (checked within timeout + 1 s);
 * cancellation is not swallowed; ``aclose`` is idempotent and ``run`` after it still does not raise.
+
+PostgresProbe's healthy target is the local server (127.0.0.1:5432, trust auth; ``WATCHDOG_TEST_PG_DSN``
+overrides): like the store contract, it fails rather than skips when that server is missing. It returns one
+result per check family, so where the others return one failed result it returns one per family, all failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock, FakeClock
@@ -29,11 +36,14 @@ from watchdog.probes.base import Probe
 from watchdog.probes.fake import FakeProbe
 from watchdog.probes.http import HttpProbe
 from watchdog.probes.journey import JourneyProbe
+from watchdog.probes.postgres.probe import PostgresProbe
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TIMEOUT_S = 0.5
 DEFAULTS = ProbeDefaults(interval=15, timeout=TIMEOUT_S)
+PG_DSN = os.environ.get("WATCHDOG_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_FAMILIES = ["connectivity", "connections", "queries", "locks", "replication", "vitals"]
 
 
 @dataclass(frozen=True)
@@ -93,12 +103,62 @@ def make_fake(scenario: Scenario, clock: Clock) -> Probe:
     )
 
 
-FACTORIES: dict[str, ProbeFactory] = {"http": make_http, "journey": make_journey, "fake": make_fake}
+def make_postgres(scenario: Scenario, clock: Clock) -> Probe:
+    # Healthy: the local server. Dead / hanging: the same loopback port the other kinds get, spoken to as
+    # PostgreSQL (a hanging server accepts the connection and never answers the startup packet).
+    if scenario.state == "ok":
+        dsn = PG_DSN
+    else:
+        dsn = scenario.base_url.replace("http://", "postgresql://postgres@", 1) + "/postgres"
+    config = PostgresProbeConfig.model_validate(
+        {"kind": "postgres", "name": "contract-postgres", "dsn": dsn, "labels": {"cohort": "baseline"}}
+    )
+    return PostgresProbe(config, defaults=DEFAULTS, clock=clock)
 
 
-@pytest.fixture(params=sorted(FACTORIES))
-def factory(request: pytest.FixtureRequest) -> ProbeFactory:
-    return FACTORIES[request.param]
+FACTORIES: dict[str, ProbeFactory] = {
+    "http": make_http,
+    "journey": make_journey,
+    "fake": make_fake,
+    "postgres": make_postgres,
+}
+
+
+@dataclass(frozen=True)
+class Failing:
+    """What a kind returns for a dead or hanging target."""
+
+    results: int
+    """How many results: one (a journey stops at its first step), or one per check family (postgres)."""
+    dead: str
+    """The first result's reason on a closed port contains this."""
+    hang: str
+    """The first result's reason on a hanging server starts with this."""
+
+
+FAILING: dict[str, Failing] = {
+    "http": Failing(1, "Connect call failed", f"timeout after {TIMEOUT_S:g} s"),
+    "journey": Failing(1, "Connect call failed", f"timeout after {TIMEOUT_S:g} s"),
+    "fake": Failing(1, "Connect call failed", f"timeout after {TIMEOUT_S:g} s"),
+    "postgres": Failing(len(PG_FAMILIES), "connection refused at 127.0.0.1:", "timed out: no answer within"),
+}
+
+
+@pytest.fixture(
+    params=[pytest.param(k, marks=pytest.mark.postgres) if k == "postgres" else k for k in sorted(FACTORIES)]
+)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def factory(kind: str) -> ProbeFactory:
+    return FACTORIES[kind]
+
+
+@pytest.fixture
+def failing(kind: str) -> Failing:
+    return FAILING[kind]
 
 
 def health_app() -> Starlette:
@@ -132,7 +192,7 @@ async def test_satisfies_the_protocol(factory: ProbeFactory, healthy_url: str) -
     probe = factory(Scenario(healthy_url, "ok"), FakeClock())
     try:
         assert isinstance(probe, Probe)
-        assert probe.kind in {"http", "journey", "fake"}
+        assert probe.kind in {"http", "journey", "fake", "postgres"}
         assert probe.interval_s > 0 and probe.timeout_s == TIMEOUT_S
     finally:
         await probe.aclose()
@@ -152,7 +212,7 @@ async def test_ok_results_carry_name_kind_and_clock_time(factory: ProbeFactory, 
         await probe.aclose()
 
 
-async def test_dead_target_fails_without_raising(factory: ProbeFactory) -> None:
+async def test_dead_target_fails_without_raising(factory: ProbeFactory, failing: Failing) -> None:
     clock = FakeClock()
     probe = factory(Scenario(f"http://127.0.0.1:{closed_port()}", "dead"), clock)
     try:
@@ -162,12 +222,12 @@ async def test_dead_target_fails_without_raising(factory: ProbeFactory) -> None:
     finally:
         await probe.aclose()
     check_identity(probe, results, clock)
-    assert len(results) == 1  # a journey stops at its first step
-    assert results[0].outcome is Outcome.FAILED
-    assert "Connect call failed" in results[0].reason
+    assert len(results) == failing.results  # a journey stops at its first step
+    assert all(r.outcome is Outcome.FAILED for r in results)
+    assert failing.dead in results[0].reason
 
 
-async def test_hanging_target_times_out_within_bound(factory: ProbeFactory) -> None:
+async def test_hanging_target_times_out_within_bound(factory: ProbeFactory, failing: Failing) -> None:
     clock = FakeClock()
     async with hanging_server() as url:
         probe = factory(Scenario(url, "hang"), clock)
@@ -179,9 +239,9 @@ async def test_hanging_target_times_out_within_bound(factory: ProbeFactory) -> N
             await probe.aclose()
     assert elapsed < TIMEOUT_S + 1
     check_identity(probe, results, clock)
-    assert len(results) == 1
-    assert results[0].outcome is Outcome.FAILED
-    assert results[0].reason.startswith(f"timeout after {TIMEOUT_S:g} s")
+    assert len(results) == failing.results
+    assert all(r.outcome is Outcome.FAILED for r in results)
+    assert results[0].reason.startswith(failing.hang), results[0].reason
 
 
 async def test_cancellation_is_not_swallowed(factory: ProbeFactory) -> None:
@@ -249,3 +309,38 @@ async def test_fake_probe_delay_within_timeout_succeeds() -> None:
 async def test_fake_probe_needs_a_script() -> None:
     with pytest.raises(ValueError, match="at least one"):
         FakeProbe("empty", [], clock=FakeClock())
+
+
+# --- PostgresProbe specifics (one result per check family) --------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_probe_reports_every_family_and_keeps_the_password_out() -> None:
+    clock = FakeClock()
+    ok = make_postgres(Scenario("", "ok"), clock)
+    try:
+        results = list(await ok.run())
+    finally:
+        await ok.aclose()
+    assert [r.labels["check"] for r in results] == PG_FAMILIES
+    connectivity = results[0]
+    assert {o.name: o.value for o in connectivity.observations}["pg_up"] == 1.0
+
+    port = closed_port()
+    config = PostgresProbeConfig.model_validate(
+        {
+            "kind": "postgres",
+            "name": "contract-postgres",
+            "dsn": f"postgresql://postgres:hunter2@127.0.0.1:{port}/postgres",
+        }
+    )
+    dead = PostgresProbe(config, defaults=DEFAULTS, clock=clock)
+    try:
+        failed = list(await dead.run())
+    finally:
+        await dead.aclose()
+    assert [r.labels["check"] for r in failed] == PG_FAMILIES
+    assert {o.name: o.value for o in failed[0].observations}["pg_up"] == 0.0
+    assert all(r.reason.startswith("not checked: ") for r in failed[1:])
+    for r in failed:
+        assert "hunter2" not in r.target and "hunter2" not in r.reason

@@ -68,6 +68,8 @@ class ProcMetricSource:
                 return [Sample(await self._cpu_percent(timeout_s), timestamp=time.time())]
         except OSError as exc:
             raise MetricSourceError(f"cannot read {self.root}: {exc.strerror or exc}") from None
+        except (ValueError, IndexError) as exc:  # a file that is not what the kernel writes
+            raise MetricSourceError(f"unexpected contents under {self.root}: {exc}") from None
         raise MetricSourceError(f"proc source knows {', '.join(QUERIES)}; not {query!r}")
 
     async def _cpu_percent(self, timeout_s: float) -> float:

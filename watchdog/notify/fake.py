@@ -1,0 +1,33 @@
+"""``RecordingNotifier``, the notifier contract's fake (``tests/test_notifier_contract.py`` runs it through
+the same contract as the real notifiers).
+
+It records every page it delivers, in order, and can be scripted to fail: the scripted ``NotifyError``\\ s
+are raised, one per send, before it starts succeeding. A failed send is not recorded as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from watchdog.notify.base import NotifyError, Page
+
+
+class RecordingNotifier:
+    """Implements the Notifier protocol: ``sent`` holds the delivered pages, ``attempts`` counts sends
+    (failed ones included)."""
+
+    def __init__(self, name: str = "fake", failures: Sequence[NotifyError] = ()) -> None:
+        self.name = name
+        self.sent: list[Page] = []
+        self.attempts = 0
+        self._failures = list(failures)
+
+    def fail_next(self, *errors: NotifyError) -> None:
+        """Script more failures, raised on the next sends after those already scripted."""
+        self._failures.extend(errors)
+
+    async def send(self, page: Page) -> None:
+        self.attempts += 1
+        if self._failures:
+            raise self._failures.pop(0)
+        self.sent.append(page)
