@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from watchdog.demo.faults import Faults
+from watchdog.demo.flag import DEFAULT_FLAG_KEY, write_flag_file
 from watchdog.demo.server import serve
-from watchdog.flags.flagd_file import DEFAULT_FLAG_KEY, write_initial
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.flag is None:
             parser.error("--init-flag needs --flag")
         if not args.flag.exists():
-            write_initial(args.flag, args.init_flag, flag_key=args.flag_key)
+            try:
+                write_flag_file(args.flag, args.init_flag, flag_key=args.flag_key)
+            except ValueError as exc:
+                parser.error(f"--init-flag: {exc}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -71,9 +71,8 @@ from watchdog.demo.database import (
     SqliteContentDatabase,
 )
 from watchdog.demo.faults import FaultInjector, Faults
-from watchdog.demo.flag import FlagSource
+from watchdog.demo.flag import DEFAULT_FLAG_KEY, FlagSource
 from watchdog.demo.ratelimit import RateLimitMiddleware, RateLimits
-from watchdog.flags.flagd_file import DEFAULT_FLAG_KEY
 
 log = logging.getLogger(__name__)
 
