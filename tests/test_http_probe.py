@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from watchdog.config.probes import HttpProbeConfig
+from watchdog.config.probes import HttpProbeConfig, TlsCheck
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import FakeClock, SystemClock
 from watchdog.core.results import Outcome, ProbeResult
@@ -587,7 +587,8 @@ async def test_tls_verify_fails_clearly_on_self_signed(tls_url: str) -> None:
 
 
 async def test_tls_check_on_plain_http_url_fails(base_url: str) -> None:
-    result = await run_once(http_config(base_url + "/echo", tls={}))
+    # `validate` rejects this (tests/test_probe_hardening.py); a config built in code still fails clearly.
+    result = await run_once(http_config(base_url + "/echo").model_copy(update={"tls": TlsCheck()}))
     assert result.outcome is Outcome.FAILED
     assert result.reason == "tls check needs an https:// URL, got http://"
 

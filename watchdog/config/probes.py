@@ -5,12 +5,24 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.types import Duration, Name, PositiveDuration
+from watchdog.core.redact import redact_url, split_userinfo
 
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries credentials (``user:pass@``), read as the redactor reads it."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and split_userinfo(scheme, rest) is not None
+
+
+def _has_authorization(headers: dict[str, str]) -> bool:
+    return any(name.lower() == "authorization" for name in headers)
 
 
 class Strict(BaseModel):
@@ -123,11 +135,35 @@ class DegradedWhen(Strict):
 
 
 class TlsCheck(Strict):
-    """Certificate expiry: fewer days left than ``fail_days`` fails, than ``warn_days`` degrades."""
+    """Certificate expiry: fewer days left than ``fail_days`` fails, than ``warn_days`` degrades.
+
+    The probe's URL must be https:// (a config problem otherwise), unless ``only_when_https``: then the
+    check runs when the URL (after ``${VAR}`` expansion) is https:// and is skipped when it is http://, so
+    one config serves a production https:// target and a local http:// one.
+    """
 
     warn_days: float = 21
     fail_days: float = 7
     verify: bool = True
+    only_when_https: bool = False
+
+
+class BasicAuth(Strict):
+    """HTTP basic auth. The password never sits in the YAML: ``password_env`` names the environment
+    variable holding it, read when the probe is built (daemon start, ``watchdog check``), so ``validate``
+    runs without the secret (in CI, say). An unset or empty variable fails every run of the probe with a
+    reason naming it, and no request is sent. Credentials in the URL (``https://user:pass@host/``) are
+    sent as basic auth too."""
+
+    username: str
+    password_env: str
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, name: str) -> str:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        return name
 
 
 class RequestSpec(Strict):
@@ -141,7 +177,25 @@ class RequestSpec(Strict):
     follow_redirects: bool = False
     expect: Expectations = Field(default_factory=Expectations)
     degraded_when: DegradedWhen = Field(default_factory=DegradedWhen)
+    basic_auth: BasicAuth | None = None
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # Credentials may come from one place only (fields validate in order: url, headers, ..., basic_auth).
+    @field_validator("headers")
+    @classmethod
+    def _header_or_url_credentials(cls, headers: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _has_authorization(headers) and _has_userinfo(info.data.get("url", "")):
+            raise ValueError("credentials are given twice: in the URL and an Authorization header")
+        return headers
+
+    @field_validator("basic_auth")
+    @classmethod
+    def _basic_auth_alone(cls, auth: BasicAuth | None, info: ValidationInfo) -> BasicAuth | None:
+        if auth is not None and _has_authorization(info.data.get("headers", {})):
+            raise ValueError("credentials are given twice: an Authorization header and basic_auth")
+        if auth is not None and _has_userinfo(info.data.get("url", "")):
+            raise ValueError("credentials are given twice: in the URL and in basic_auth")
+        return auth
 
     @model_validator(mode="after")
     def _one_body(self) -> RequestSpec:
@@ -179,6 +233,17 @@ class ProbeCommon(Strict):
 class HttpProbeConfig(ProbeCommon, RequestSpec):
     kind: Literal["http"]
     tls: TlsCheck | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_needs_https(cls, tls: TlsCheck | None, info: ValidationInfo) -> TlsCheck | None:
+        url = info.data.get("url")
+        if tls is None or tls.only_when_https or url is None or url.lower().startswith("https://"):
+            return tls
+        raise ValueError(
+            f"tls check needs an https:// URL, got {redact_url(url)} "
+            "(use an https:// URL, or set only_when_https: true to check the certificate only when it is one)"
+        )
 
 
 class Capture(Strict):

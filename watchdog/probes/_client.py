@@ -7,18 +7,29 @@ picks the aiohttp transport and keeps the httpx API on top.
 One client per probe instance, reused across runs (keep-alive), closed by the probe's ``aclose``. The
 client's own cookie jar refuses every cookie: an http probe's runs stay independent, and a journey keeps a
 fresh jar per run itself (:class:`httpx.Cookies`), so nothing leaks from one run into the next.
+
+Credentials (:class:`BasicCredentials`) travel as an ``Authorization`` header only, never as userinfo in
+the URL: the aiohttp transport rejects a request carrying both (httpx derives the header from the
+userinfo), and a header set on the request is dropped by httpx when a redirect leaves the origin.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.cookiejar
+import os
 import re
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpcore
 import httpx
+
+from watchdog.config.probes import BasicAuth
 
 Transport = Literal["auto", "aiohttp", "httpx"]
 
@@ -104,6 +115,58 @@ def make_client(
 _CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 
 
+@dataclass(frozen=True, slots=True)
+class BasicCredentials:
+    """A user name and password for HTTP basic auth (RFC 7617, UTF-8); the password is kept out of repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value."""
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+
+    def secrets(self) -> frozenset[str]:
+        """Every spelling of the password a reason could quote (raw, percent-encoded, in the header), for
+        :func:`watchdog.core.redact.scrub`."""
+        if not self.password:
+            return frozenset()
+        spellings = {self.password, quote(self.password, safe=""), quote(self.password)}
+        return frozenset({*spellings, self.authorization.removeprefix("Basic ")})
+
+
+class MissingPassword(Exception):
+    """``basic_auth.password_env`` names a variable that is not set: the probe fails without sending."""
+
+
+def credentials_from_env(auth: BasicAuth, environ: Mapping[str, str] | None = None) -> BasicCredentials:
+    """``auth``'s user name with the password from its environment variable; :class:`MissingPassword`
+    when the variable is unset or empty (an empty password is far more often a deployment slip)."""
+    password = (os.environ if environ is None else environ).get(auth.password_env, "")
+    if not password:
+        raise MissingPassword(f"basic_auth: environment variable {auth.password_env} is not set")
+    return BasicCredentials(auth.username, password)
+
+
+def take_credentials(url: httpx.URL) -> tuple[httpx.URL, BasicCredentials | None]:
+    """``url`` without its userinfo, and the userinfo (percent-decoded) as basic-auth credentials."""
+    if not url.userinfo:
+        return url, None
+    return url.copy_with(userinfo=b""), BasicCredentials(url.username, url.password)
+
+
+def with_authorization(
+    headers: dict[str, str], credentials: BasicCredentials | None
+) -> BasicCredentials | None:
+    """Set ``credentials`` as the ``Authorization`` header unless ``headers`` already has one (an explicit
+    header wins); returns the credentials actually sent."""
+    if credentials is None or any(name.lower() == "authorization" for name in headers):
+        return None
+    headers["Authorization"] = credentials.authorization
+    return credentials
+
+
 def charset_of(content_type: str | None) -> str | None:
     """The ``charset`` parameter of a Content-Type (httpx's own parser goes through ``email.message``)."""
     if not content_type:
@@ -124,6 +187,8 @@ def describe_error(exc: BaseException, timeout_s: float) -> str:
     of them oddly (a server disconnect becomes ``ConnectTimeout``), so the original cause is shown when
     there is one.
     """
+    if isinstance(exc, httpx.TooManyRedirects):
+        return one_line(str(exc))  # our own wording (see http.exchange), not httpx's
     shown: BaseException = exc
     if isinstance(exc, httpx.TransportError) and isinstance(exc.__cause__, Exception):
         shown = exc.__cause__

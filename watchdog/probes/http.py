@@ -8,12 +8,17 @@ error becomes a ``failed`` result with a ``Type: message`` reason.
 TLS expiry: the aiohttp transport does not expose the peer certificate, so the probe does its own TLS
 handshake to the host at most once per hour (cached per probe) and computes days left from the injected
 clock on every run.
+
+Credentials: userinfo in the URL (``https://user:pass@host/``) or ``basic_auth`` become an ``Authorization``
+header (see :mod:`watchdog.probes._client`); the target shows ``***@`` for URL credentials, and every
+spelling of the password is scrubbed from reasons (a server may echo what it was sent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,20 +29,27 @@ import httpx
 from watchdog.config.probes import HttpProbeConfig, TlsCheck
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
-from watchdog.core.redact import redact_url
+from watchdog.core.redact import redact_url, scrub
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, Checks, compile_checks, degraded, failures, parse_json
 from watchdog.probes._client import (
     MAX_BODY_BYTES,
+    BasicCredentials,
+    MissingPassword,
     charset_of,
+    credentials_from_env,
     describe_error,
     make_client,
     read_body,
     ssl_context,
+    take_credentials,
+    with_authorization,
 )
 
 MAX_REDIRECTS = 10
 TLS_REFRESH_S = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 def keepalive_for(interval_s: float) -> float:
@@ -99,8 +111,16 @@ async def exchange(
             if follow_redirects and next_request is not None:
                 hops += 1
                 if hops > MAX_REDIRECTS:
-                    raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
+                    raise httpx.TooManyRedirects(
+                        f"too many redirects ({MAX_REDIRECTS}); the last pointed to "
+                        f"{redact_url(str(next_request.url))}",
+                        request=request,
+                    )
                 await read_body(response)  # drain (bounded), so the connection goes back to the pool
+                # httpx hands the redirect the previous request's body as an unread stream, which the
+                # aiohttp transport sends chunked, even on a GET, with a stray terminating chunk that
+                # the server reads as garbage after the request; read into bytes it is sent as is.
+                await next_request.aread()
                 request = next_request
                 continue
             body = await read_body(response)
@@ -270,17 +290,28 @@ class HttpProbe:
         )
         headers = dict(config.headers)
         self._content = encode_body(config.body, config.json_body, headers)
-        self._headers = headers or None
         url = httpx.URL(config.url)
-        self._url = url.copy_merge_params(config.params) if config.params else url
-        self.target = redact_url(str(self._url))
+        url = url.copy_merge_params(config.params) if config.params else url
+        self.target = redact_url(str(url))
+        self._url, credentials = take_credentials(url)
+        self._missing_password = ""
+        if config.basic_auth is not None:
+            try:
+                credentials = credentials_from_env(config.basic_auth)
+            except MissingPassword as exc:
+                self._missing_password = str(exc)
+        sent: BasicCredentials | None = with_authorization(headers, credentials)
+        self._secrets = set(sent.secrets()) if sent is not None else set()
+        self._headers = headers or None
         self._tls_problem = ""
         self._tls: CertExpiry | None = None
         if config.tls is not None:
-            if url.scheme != "https":
-                self._tls_problem = f"tls check needs an https:// URL, got {url.scheme}://"
-            else:
+            if url.scheme == "https":
                 self._tls = CertExpiry(url, config.tls, clock)
+            elif config.tls.only_when_https:
+                log.info("probe %s: tls check skipped, %s is not an https:// URL", self.name, self.target)
+            else:  # validate rejects this; kept for configs built in code
+                self._tls_problem = f"tls check needs an https:// URL, got {url.scheme}://"
         self._request: httpx.Request | None = None
         self._closed = False
 
@@ -288,12 +319,17 @@ class HttpProbe:
         started_at = self._clock.now()
         started = self._clock.monotonic()
         observations: tuple[Observation, ...] = ()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                outcome, reason, latency_s, observations = await self._check(started)
-        except Exception as exc:  # CancelledError is not an Exception: cancellation propagates
-            outcome, reason = Outcome.FAILED, describe_error(exc, self.timeout_s)
-            latency_s = self._clock.monotonic() - started
+        if self._missing_password:  # nothing is sent without the credentials the config asks for
+            outcome, reason, latency_s = Outcome.FAILED, self._missing_password, 0.0
+        else:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    outcome, reason, latency_s, observations = await self._check(started)
+            except Exception as exc:  # CancelledError is not an Exception: cancellation propagates
+                outcome, reason = Outcome.FAILED, describe_error(exc, self.timeout_s)
+                latency_s = self._clock.monotonic() - started
+        if self._secrets:
+            reason = scrub(reason, self._secrets)
         return [
             ProbeResult(
                 probe=self.name,

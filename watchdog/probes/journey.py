@@ -11,6 +11,9 @@
   journey and the steps it stopped.
 * Each run gets a fresh cookie jar; the HTTP client (and its connections) is reused across runs.
 * The whole journey is bounded by ``timeout_s``; the step in flight at the deadline fails with a timeout.
+* Credentials: a step's ``basic_auth``, else userinfo in its rendered URL (``base_url`` included), is sent
+  as an ``Authorization`` header unless the step sets that header itself; targets show ``***@`` and
+  reasons are scrubbed of the password (see :mod:`watchdog.probes._client`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,18 @@ import httpx
 from watchdog.config.probes import Capture, JourneyProbeConfig, JourneyStep
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
-from watchdog.core.redact import redact_url
+from watchdog.core.redact import redact_url, scrub
 from watchdog.core.results import Observation, Outcome, ProbeResult
 from watchdog.probes._assertions import NOT_JSON, JsonPath, compile_checks
-from watchdog.probes._client import describe_error, make_client
+from watchdog.probes._client import (
+    BasicCredentials,
+    MissingPassword,
+    credentials_from_env,
+    describe_error,
+    make_client,
+    take_credentials,
+    with_authorization,
+)
 from watchdog.probes.http import encode_body, evaluate, exchange, keepalive_for, outcome_of, probe_timing
 
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
@@ -195,9 +206,22 @@ class _Step:
         self.static_target = (
             redact_url(_join(base_url, step.url)) if self.url.constant else redact_url(base_url or step.url)
         )
+        self.credentials: BasicCredentials | None = None
+        self.missing_password = ""
+        if step.basic_auth is not None:
+            try:
+                self.credentials = credentials_from_env(step.basic_auth)
+            except MissingPassword as exc:
+                self.missing_password = str(exc)
 
-    def build(self, client: httpx.AsyncClient, variables: Mapping[str, str]) -> httpx.Request:
-        url = _join(self.base_url, self.url.render(variables))
+    def build(
+        self, client: httpx.AsyncClient, variables: Mapping[str, str]
+    ) -> tuple[httpx.Request, str, BasicCredentials | None]:
+        """(the request, its target for results, the credentials it carries)."""
+        if self.missing_password:
+            raise MissingPassword(self.missing_password)
+        written = httpx.URL(_join(self.base_url, self.url.render(variables)))
+        url, from_url = take_credentials(written)
         content: bytes | None
         if self.static_content is not None or (self.json_body is None and self.body is None):
             content = self.static_content
@@ -206,13 +230,18 @@ class _Step:
         else:
             assert self.body is not None
             content = self.body.render(variables).encode()
-        return client.build_request(
+        headers = {k: v.render(variables) for k, v in self.headers}
+        sent = with_authorization(headers, self.credentials or from_url)
+        request = client.build_request(
             self.method,
             url,
             params={k: v.render(variables) for k, v in self.params} or None,
-            headers={k: v.render(variables) for k, v in self.headers} or None,
+            headers=headers or None,
             content=content,
         )
+        # The target is the URL as written (``***@`` when it carries credentials), with the params.
+        shown = request.url.copy_with(userinfo=written.userinfo) if from_url else request.url
+        return request, redact_url(str(shown)), sent
 
 
 class JourneyProbe:
@@ -307,9 +336,9 @@ class JourneyProbe:
         observations: tuple[Observation, ...] = ()
         captured: dict[str, str] = {}
         scope = {**variables, **values} if values else variables
+        sent: BasicCredentials | None = None
         try:
-            request = step.build(self._client, scope)
-            target = redact_url(str(request.url))
+            request, target, sent = step.build(self._client, scope)
             done = await exchange(
                 self._client,
                 request,
@@ -333,9 +362,13 @@ class JourneyProbe:
         except UndefinedVariable as undefined:
             outcome, reason = Outcome.FAILED, f"undefined variable {{{{{undefined.name}}}}}"
             latency_s = 0.0
+        except MissingPassword as missing:  # raised before anything is sent
+            outcome, reason, latency_s = Outcome.FAILED, str(missing), 0.0
         except Exception as exc:  # CancelledError is not an Exception: cancellation propagates
             outcome, reason = Outcome.FAILED, describe_error(exc, self.timeout_s)
             latency_s = self._clock.monotonic() - started
+        if sent is not None:
+            reason = scrub(reason, set(sent.secrets()))
         result = ProbeResult(
             probe=self.name,
             kind=self.kind,
