@@ -8,19 +8,28 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import click
 import httpx
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
-from watchdog.config import ConfigError, load_config
+from watchdog.cli.slo_report import STATE_STYLES
+from watchdog.config import ConfigError, WatchdogConfig, load_config
+from watchdog.config.slo import SloConfig
+from watchdog.core.clock import SystemClock
 from watchdog.core.logs import configure_logging
 from watchdog.core.results import parse_series_key
+from watchdog.slo.messages import NO_DATA_FIRING, explain_severity, explain_state, slo_state
+from watchdog.slo.model import SloStatus
+from watchdog.store.base import Incident, StateStore
 
 
 @dataclass(frozen=True)
@@ -86,14 +95,85 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
     stop.set()
     status = await daemon_task
     await service.stop()
-    await _report(config.settings.state, console)
+    await report_summary(config, console)
     return status
 
 
-async def _report(state: str, console: Console) -> None:
+def resolve_after_by_rule(slo: SloConfig) -> dict[str, float]:
+    """Each rule's hysteresis hold in seconds, derived as the engine does (``RuleStatus`` does not carry
+    it): the rule's ``resolve_after``, else the SLO's, else a tenth of the short window."""
+    holds: dict[str, float] = {}
+    for alert in slo.alerts:
+        if alert.resolve_after is not None:
+            holds[alert.rule_id] = alert.resolve_after
+        elif slo.resolve_after is not None:
+            holds[alert.rule_id] = slo.resolve_after
+        else:
+            holds[alert.rule_id] = alert.short_window / 10.0
+    return holds
+
+
+def incident_why(incident: Incident, statuses: Mapping[str, SloStatus],
+                 holds: Mapping[str, Mapping[str, float]]) -> str:
+    """Why a firing SLO incident is still open, in one line ("" for others: probe alerts say it in their
+    summary, and a resolved incident needs no reason)."""
+    if incident.state != "firing":
+        return ""
+    labels = incident.data.get("labels")
+    slo = labels.get("slo") if isinstance(labels, dict) else None
+    status = statuses.get(slo) if isinstance(slo, str) else None
+    if status is None or incident.key.endswith(":no_data"):
+        return ""
+    severity = "ticket" if incident.data.get("severity") == "ticket" else "page"
+    lines = explain_severity(status, severity, holds.get(status.name, {}))
+    if not lines:
+        return "no rule fires any more: the next evaluation resolves it"
+    return lines[0]
+
+
+def render_slos(statuses: Sequence[SloStatus], holds: Mapping[str, Mapping[str, float]]) -> Group:
+    """Each SLO's state word, budget and why its alerts still fire, as indented lines (wrapped lines keep
+    their indent)."""
+    parts: list[RenderableType] = []
+
+    def line(text: str, indent: int) -> None:
+        parts.append(Padding(Text(text), (0, 0, 0, indent), expand=False))
+
+    for status in statuses:
+        word = slo_state(status)
+        head = Text()
+        head.append(status.name, style="bold")
+        head.append(f"  {status.objective * 100:g} % over {status.window}  ")
+        head.append(word, style=STATE_STYLES[word])
+        for alert in status.firing:
+            head.append(f"  {alert.upper()}", style="bold red" if alert == "page" else "yellow")
+        parts.append(head)
+        line(explain_state(status), 2)
+        for severity in ("page", "ticket"):
+            for depth, text in enumerate(explain_severity(status, severity, holds.get(status.name, {}))):
+                line(text, 4 if depth else 2)
+        if "no_data" in status.firing:
+            line(NO_DATA_FIRING, 2)
+    return Group(*parts)
+
+
+async def _slo_statuses(config: WatchdogConfig, store: StateStore) -> list[SloStatus]:
+    """The SLOs as of now, evaluated afresh from the store. The daemon's engine is gone with the daemon; a
+    fresh one carries the open incidents over as after a restart, so a firing alert still fires here."""
+    from watchdog.incidents.manager import IncidentManager
+    from watchdog.slo.engine import SloEngine
+
+    clock = SystemClock()
+    firing = await IncidentManager(config, store, clock).open_slo_incidents()
+    engine = SloEngine(config.slos, store, clock, firing=firing)
+    return (await engine.evaluate()).statuses
+
+
+async def report_summary(config: WatchdogConfig, console: Console) -> None:
+    """What the watchdog saw: results per series, incidents (and why one still fires), the SLOs now."""
     from watchdog.store import open_store
 
-    store = open_store(state)
+    store = open_store(config.settings.state)
     await store.open()
     try:
         rows = await store.minutes(0, 2**40)
@@ -122,10 +202,13 @@ async def _report(state: str, console: Console) -> None:
                 _ms(q.get(0.95)),
             )
         console.print(table)
+        statuses = await _slo_statuses(config, store) if config.slos else []
+        holds = {slo.name: resolve_after_by_rule(slo) for slo in config.slos}
+        by_name = {s.name: s for s in statuses}
         incidents = await store.list_incidents()
         if incidents:
             table = Table(title="incidents")
-            for column in ("incident", "state", "severity", "summary"):
+            for column in ("incident", "state", "severity", "summary", "why it is still open"):
                 table.add_column(column)
             for incident in incidents:
                 table.add_row(
@@ -133,8 +216,13 @@ async def _report(state: str, console: Console) -> None:
                     incident.state,
                     str(incident.data.get("severity", "")),
                     str(incident.data.get("summary", "")),
+                    incident_why(incident, by_name, holds),
                 )
             console.print(table)
+        if statuses:
+            console.print("[bold]SLOs when the demo ended[/] [dim](evaluated afresh from the state store;"
+                          " open incidents carried over, as after a restart)[/]")
+            console.print(render_slos(statuses, holds), highlight=False)
         examples: dict[tuple[str, str], str] = {}
         for r in await store.recent(limit=5000):
             if r.outcome.value != "ok":
@@ -188,4 +276,4 @@ def demo(duration: float, workdir: Path | None, listen: str, json_logs: bool) ->
         sys.exit(asyncio.run(_run_demo(duration, Path(tmp), listen, console)))
 
 
-__all__ = ["demo", "demo_config_dir"]
+__all__ = ["demo", "demo_config_dir", "report_summary", "resolve_after_by_rule"]

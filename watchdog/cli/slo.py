@@ -55,9 +55,12 @@ def _missing_sqlite_file(spec: str) -> Path | None:
     help="Also draw the budget burn-down, one panel per SLO, to this PNG (needs matplotlib).",
 )
 def report(config_dir: Path, state: str | None, as_json: bool, plot: Path | None) -> None:
-    """Per SLO: objective, current SLI, budget remaining, burn rates, alert state and exhaustion forecast.
+    """Per SLO: objective, state, current SLI, budget, burn rates, alerts and exhaustion forecast.
 
-    Alert states here are the rules' conditions now (a one-shot report has no hysteresis history).
+    State is one word: ok, burning (on course to spend the budget, or a rule over its rate), exhausted
+    (budget spent, alert or not) or no data. A spent budget reads "exhausted (burned 3.0x the budget)";
+    --json keeps the exact numbers. Alerts here are the rules' conditions now (a one-shot report has no
+    hysteresis history).
     """
     config = load_or_exit(config_dir)
     spec = state or config.settings.state

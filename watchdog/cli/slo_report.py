@@ -11,10 +11,17 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from watchdog.slo.messages import budget_state, slo_state
 from watchdog.slo.model import BudgetHistory, Evaluation, SloStatus
 from watchdog.slo.windows import utc_iso
 
 _BURN_WINDOWS = ("5m", "1h", "6h", "3d")
+STATE_STYLES: dict[str, str] = {"ok": "green", "burning": "yellow", "exhausted": "bold red", "no data": "dim"}
+_LEGEND = (
+    "state: ok, burning (spending faster than the budget allows), exhausted (budget spent, alert or not),"
+    " no data\n"
+    "burn: error ratio / allowed error ratio per window (1 = on budget; ? = too few events to count)"
+)
 
 
 def _pct(x: float | None, digits: int = 3) -> str:
@@ -28,11 +35,12 @@ def _objective(x: float) -> str:
 
 
 def _when(t: float | None, now: float) -> str:
+    """When the budget runs out at the current burn: ``in 3.2 h``, ``already`` (spent), ``—`` (not)."""
     if t is None:
         return "—"
     delta = t - now
     if delta <= 0:
-        return "exhausted"
+        return "already"
     if delta < 3600:
         return f"in {delta / 60:.0f} min"
     if delta < 2 * 86400:
@@ -67,28 +75,42 @@ def _window(status: SloStatus) -> str:
     return status.window.replace("calendar month", "month")
 
 
+def _state(s: SloStatus) -> Text:
+    """The SLO's one word (``messages.slo_state``): the same word in the table, the lines and the plot."""
+    word = slo_state(s)
+    return Text(word, style=STATE_STYLES[word])
+
+
 def _alerts(s: SloStatus) -> Text:
+    """Alerts firing now (PAGE, TICKET, NO_DATA); a dash when none. The state word says how the SLO is."""
     alerts = Text()
     for name in s.firing:
         if alerts:
             alerts.append(" ")
         alerts.append(name.upper(), style="bold red" if name == "page" else "yellow")
-    if s.no_data and "no_data" not in s.firing:
-        alerts.append(" no data" if alerts else "no data", style="dim")
     if not alerts:
-        alerts.append("ok", style="green")
+        alerts.append("—", style="dim")
     return alerts
 
 
 def _left(s: SloStatus) -> Text:
+    """``33.3 % left``, ``80.0 % left, runs out in 3.2 h`` or ``exhausted (burned 25.0x the budget)``."""
     left = s.budget.remaining
     style = "bold red" if left <= 0 else "yellow" if left < 0.25 else "green"
-    return Text(f"{left * 100:.1f} %", style=style)
+    text = Text(budget_state(left), style=style)
+    if s.exhaustion_at is not None and not s.budget.exhausted:
+        text.append(f", runs out {_when(s.exhaustion_at, s.evaluated_at)}", style="yellow")
+    return text
+
+
+TABLE_MIN_WIDTH = 150
+"""Narrower terminals get a few lines per SLO: the table's words ("exhausted (burned 25.0x the budget)")
+need about this much room."""
 
 
 def render(evaluation: Evaluation, width: int) -> RenderableType:
-    """The table on wide terminals, a few lines per SLO on narrow ones (< 120 columns)."""
-    return status_table(evaluation) if width >= 120 else status_lines(evaluation)
+    """The table on wide terminals, a few lines per SLO on narrower ones."""
+    return status_table(evaluation) if width >= TABLE_MIN_WIDTH else status_lines(evaluation)
 
 
 def status_lines(evaluation: Evaluation) -> Group:
@@ -97,22 +119,20 @@ def status_lines(evaluation: Evaluation) -> Group:
         head = Text()
         head.append(s.name, style="bold")
         head.append(f"  {_objective(s.objective)} over {_window(s)}  ")
-        head.append_text(_alerts(s))
+        head.append_text(_state(s))
+        if s.firing:
+            head.append("  ")
+            head.append_text(_alerts(s))
         body = Text("  SLI ")
         body.append(_pct(s.sli))
-        body.append("  budget left ")
+        body.append("  budget ")
         body.append_text(_left(s))
         body.append(f"  spent 24h {s.budget_spent_24h * 100:.1f} %")
-        if s.exhaustion_at is not None:
-            when = _when(s.exhaustion_at, s.evaluated_at)
-            body.append("  EXHAUSTED" if when == "exhausted" else f"  exhausted {when}",
-                        style="bold red" if when == "exhausted" else "yellow")
         burn = Text("  burn ")
         burn.append_text(_burn(s, labelled=True))
         parts.extend([Text(""), head, body, burn])
     parts.append(Text(""))
-    parts.append(Text("burn: error ratio / allowed error ratio (1 = on budget; ? = too few events to count)",
-                      style="dim"))
+    parts.append(Text(_LEGEND, style="dim"))
     return Group(*parts)
 
 
@@ -120,26 +140,24 @@ def status_table(evaluation: Evaluation) -> Table:
     table = Table(title=f"SLOs at {utc_iso(evaluation.at)}", title_justify="left", pad_edge=False)
     table.add_column("SLO", style="bold", overflow="fold", min_width=12)
     table.add_column("target", justify="right")
+    table.add_column("state", no_wrap=True)
     table.add_column("SLI", justify="right", no_wrap=True)
-    table.add_column("left", justify="right", no_wrap=True)
+    table.add_column("budget", justify="right", no_wrap=True)
     table.add_column("24h", justify="right", no_wrap=True)
     table.add_column("burn " + "/".join(_BURN_WINDOWS), no_wrap=True)
     table.add_column("alerts")
-    table.add_column("exhausted", no_wrap=True)
     for s in evaluation.statuses:
         table.add_row(
             s.name,
             f"{_objective(s.objective)} {_window(s)}",
+            _state(s),
             _pct(s.sli),
             _left(s),
             f"{s.budget_spent_24h * 100:.1f} %",
             _burn(s),
             _alerts(s),
-            _when(s.exhaustion_at, s.evaluated_at),
         )
-    table.caption = (
-        "burn: error ratio / allowed error ratio per window (1 = on budget; ? = too few events to count)"
-    )
+    table.caption = _LEGEND
     table.caption_justify = "left"
     return table
 
@@ -217,7 +235,7 @@ def plot_budgets(
         if xs:
             ax.fill_between(xs, ys, 100, color="#c0392b", alpha=0.10, linewidth=0, label="budget spent")
             ax.plot(xs, ys, color=color, linewidth=2, label="budget remaining")
-            label = f"{true_ys[-1]:.1f} %" + (" (off scale)" if true_ys[-1] < floor else "")
+            label = budget_state(h.remaining[-1]) + (" (off scale)" if true_ys[-1] < floor else "")
             ax.annotate(label, (xs[-1], ys[-1]), textcoords="offset points", xytext=(-6, 6), ha="right",
                         fontsize=9, color=color, fontweight="bold")
         ax.set_ylim(floor - 8 if min(ys, default=0.0) < 0 else -8, 108)
@@ -228,8 +246,8 @@ def plot_budgets(
         title = f"{h.name} — objective {h.objective * 100:g} % over {h.window}"
         if s is not None:
             sli = "no data" if s.sli is None else f"SLI {s.sli * 100:.3f} %"
-            state = ", ".join(f.upper() for f in s.firing) or "ok"
-            title += f"  ·  {sli}  ·  {s.budget.remaining * 100:.1f} % left  ·  {state}"
+            state = " ".join([slo_state(s), *(f.upper() for f in s.firing)])
+            title += f"  ·  {sli}  ·  budget {budget_state(s.budget.remaining)}  ·  {state}"
             if s.exhaustion_at is not None and s.exhaustion_at > s.evaluated_at:
                 title += f"  ·  exhausted by {dt(s.exhaustion_at):%m-%d %H:%M}Z"
         ax.set_title(title, loc="left", fontsize=10)

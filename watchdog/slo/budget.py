@@ -6,7 +6,8 @@
   days at 99.9 %; 44.58 for a 743-hour March in New York), whatever share of them had data.
 
 ``remaining`` is a fraction of the budget and goes negative once the budget is overspent (-0.5 = spent 150 %);
-it is reported as is (status, JSON, /metrics), never NaN or infinite.
+it is reported as is (status, JSON, /metrics), never NaN or infinite. People read it in words instead
+(``messages.budget_state``: "exhausted (burned 1.5x the budget)").
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ class Budget:
 
     @property
     def spent_fraction(self) -> float:
+        """Spent / allowed: 1.5 = burned 1.5 times the budget."""
         return 1.0 - self.remaining
+
+    @property
+    def exhausted(self) -> bool:
+        return self.remaining <= 0
 
 
 def budget(good: float, total: float, *, budget_ratio: float, slice_minutes: float | None = None) -> Budget:

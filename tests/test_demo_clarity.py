@@ -1,0 +1,319 @@
+"""Words a person reads: a spent budget reads "exhausted (burned 3.0x the budget)" (never "-200 % left"),
+an SLO has one state word wherever it is shown, and a firing alert says why it still fires and what
+resolves it. Everything from a real engine over a real store filled with results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from watchdog.cli import demo as demo_cli
+from watchdog.cli.slo import slo as slo_cli
+from watchdog.config import load_config
+from watchdog.config.slo import SloConfig
+from watchdog.core.clock import FakeClock
+from watchdog.core.results import Outcome, ProbeResult
+from watchdog.incidents.manager import IncidentManager
+from watchdog.slo import messages
+from watchdog.slo.engine import SloEngine
+from watchdog.slo.model import AlertSignal, Evaluation, RuleStatus, SloStatus
+from watchdog.store.base import Incident
+from watchdog.store.memory import MemoryStore
+from watchdog.store.sqlite import SqliteStore
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+NEGATIVE_PERCENT = re.compile(r"-\d[\d.]*\s?%")
+
+
+def result(t: float, ok: bool = True, probe: str = "api", labels: dict[str, str] | None = None
+           ) -> ProbeResult:
+    outcome = Outcome.OK if ok else Outcome.FAILED
+    return ProbeResult(probe, "http", "t", outcome, 0.05, t, labels=labels or {})
+
+
+def slo(name: str = "api", objective: float = 99.9, probe: str = "api") -> SloConfig:
+    return SloConfig.model_validate(
+        {"name": name, "objective": objective, "sli": {"kind": "availability", "probe": probe}}
+    )
+
+
+class Run:
+    """A probe result every ``step`` seconds on a FakeClock, the engine evaluated after each."""
+
+    def __init__(self, slos: list[SloConfig], start: float = T0) -> None:
+        self.clock = FakeClock(start)
+        self.store = MemoryStore()
+        self.slos = slos
+        self.engine: SloEngine | None = None
+        self.signals: list[AlertSignal] = []
+        self.last: Evaluation | None = None
+
+    async def backfill(self, seconds: float, ok: Callable[[float], bool], step: float = 60.0) -> None:
+        now = self.clock.now()
+        n = int(seconds // step)
+        await self.store.record([result(now - (n - i) * step, ok(now - (n - i) * step)) for i in range(n)])
+
+    async def run(self, seconds: float, ok: bool, step: float = 5.0) -> Evaluation:
+        if self.engine is None:
+            self.engine = SloEngine(self.slos, self.store, self.clock)
+        for _ in range(int(seconds // step)):
+            self.clock.advance(step)
+            await self.store.record([result(self.clock.now(), ok)])
+            self.last = await self.engine.evaluate()
+            self.signals.extend(self.last.signals)
+        assert self.last is not None
+        return self.last
+
+
+# -- budgets in words --------------------------------------------------------------------------------
+
+
+def test_budget_past_exhaustion_reads_as_words() -> None:
+    assert messages.budget_left(0.25, "30d") == "25.0% of the 30d budget left"
+    assert messages.budget_left(-89.909, "30d") == "30d budget exhausted (burned 90.9x the budget)"
+    assert messages.budget_left(0.0, "30d") == "30d budget exhausted (burned 1.0x the budget)"
+    assert messages.budget_left(-298.0, "calendar month (UTC)") == (
+        "calendar month (UTC) budget exhausted (burned 299x the budget)"
+    )
+    assert messages.budget_state(0.125) == "12.5 % left"
+    assert messages.budget_state(-2.0) == "exhausted (burned 3.0x the budget)"
+
+
+async def test_page_summary_of_an_exhausted_budget_has_no_negative_percentage() -> None:
+    """A young 30-day window allows little: a minute of errors after an hour spends it many times over."""
+    run = Run([slo()])
+    await run.backfill(3600, lambda t: True, step=5.0)
+    await run.run(120, ok=False)
+    fired = [s for s in run.signals if s.state == "firing" and s.severity == "page"]
+    assert fired, run.signals
+    summary = fired[0].summary
+    assert re.search(r"30d budget exhausted \(burned \d+(\.\d)?x the budget\)$", summary), summary
+    assert not NEGATIVE_PERCENT.search(summary), summary
+    assert run.last is not None and run.last.status("api").budget.remaining < 0  # the number stays exact
+
+
+# -- one state word ----------------------------------------------------------------------------------
+
+
+async def test_state_words() -> None:
+    """ok, burning (a recent burst, budget left), exhausted (old errors, no alert fires), no data."""
+    configs = [slo("healthy", probe="healthy"), slo("burst", 99, "burst"), slo("old", 99, "old"),
+               slo("silent", probe="silent")]
+    run = Run(configs)
+    now = run.clock.now()
+    history: list[ProbeResult] = []
+    for i in range(3 * 1440):  # three days, one result a minute
+        t = now - (3 * 1440 - i) * 60
+        history += [result(t, probe="healthy"), result(t, probe="burst")]
+    for i in range(12 * 60):  # twelve hours; 60 failures from 8 h ago (99 % of 720 allows 7.2)
+        t = now - (12 * 60 - i) * 60
+        history.append(result(t, ok=not 4 * 60 <= i < 5 * 60, probe="old"))
+    history += [result(now - 60 + k * 5, ok=False, probe="burst") for k in range(12)]
+    await run.store.record(history)
+    run.engine = SloEngine(configs, run.store, run.clock)
+    evaluation = await run.engine.evaluate()
+    states = {s.name: messages.slo_state(s) for s in evaluation.statuses}
+    assert states == {"healthy": "ok", "burst": "burning", "old": "exhausted", "silent": "no data"}
+    old = evaluation.status("old")
+    assert old.firing == () and old.budget.exhausted  # exhausted with no alert firing: not "ok"
+    assert messages.explain_state(old).startswith("30d budget exhausted (burned 8.3x the budget): 60 bad")
+    assert messages.explain_state(evaluation.status("burst")).startswith("burning: page-1h-5m")
+    assert messages.explain_state(evaluation.status("silent")) == "no data: no results in the 30d window yet"
+    assert messages.explain_state(evaluation.status("healthy")) == "ok: 30d budget 100.0 % left"
+    assert messages.explain_severity(evaluation.status("healthy"), "page", {}) == []  # nothing to explain
+
+
+# -- why an alert still fires -----------------------------------------------------------------------
+
+
+async def test_why_a_page_still_fires_and_what_resolves_it() -> None:
+    holds = demo_cli.resolve_after_by_rule(slo())
+    assert holds == {"page-1h-5m": 30.0, "page-6h-30m": 180.0, "ticket-3d-6h": 2160.0}
+    run = Run([slo()])
+    await run.backfill(3600, lambda t: True, step=5.0)
+    await run.run(60, ok=False)  # 12 failures: both pages fire
+    status = (await run.run(60, ok=True)).status("api")  # errors stopped a minute ago
+    assert status.firing == ("page", "ticket")
+    head, fast, slow = messages.explain_severity(status, "page", holds)
+    assert head == (
+        "page still firing: page-1h-5m, page-6h-30m still see the errors; it resolves when the last of its"
+        " rules does, at the latest 33.0 min from now if no new errors come"
+    )
+    assert fast == (
+        "page-1h-5m: its 5m window still holds 12 bad of 60 results (burn 200x, over 14.4x); it resolves once"
+        " that window has stayed under 14.4x for 30s, at the latest 5.5 min from now if no new errors come"
+    )
+    assert slow.startswith("page-6h-30m: its 30m window still holds 12 bad of 360 results")
+
+    # The errors leave the 5m window: page-1h-5m is resolving (hysteresis), then quiet, while page-6h-30m
+    # still holds the page.
+    def fast_rule(status: SloStatus) -> RuleStatus:
+        return next(r for r in status.rules if r.rule == "page-1h-5m")
+
+    for _ in range(60):
+        status = (await run.run(5, ok=True)).status("api")
+        if fast_rule(status).clear_since is not None:
+            break
+    status = (await run.run(10, ok=True)).status("api")
+    rule = fast_rule(status)
+    assert rule.firing and rule.clear_since == status.evaluated_at - 10
+    text = messages.explain_rule(status, rule, 30.0)
+    assert re.fullmatch(r"page-1h-5m: resolving, its 5m window is back under 14\.4x \((\d+\.\d)x\);"
+                        r" it resolves in 20\.0 s if that holds \(30s in a row\)", text), text
+    status = (await run.run(20, ok=True)).status("api")
+    rule = fast_rule(status)
+    assert not rule.firing and "page" in status.firing
+    assert messages.explain_rule(status, rule, 30.0).startswith("page-1h-5m: quiet (1h at ")
+    head, only = messages.explain_severity(status, "page", holds)
+    assert head.startswith("page still firing: page-6h-30m still sees the errors, at the latest")
+    assert only.startswith("page-6h-30m: its 30m window still holds 12 bad")
+    assert messages.explain_severity(status, "ticket", holds)[0].startswith("ticket still firing")
+
+
+# -- slo report ---------------------------------------------------------------------------------------
+
+REPORT_PROBES = """\
+probes:
+  - name: api
+    kind: http
+    url: http://127.0.0.1:9/
+    interval: 60s
+  - name: web
+    kind: http
+    url: http://127.0.0.1:9/web
+    interval: 60s
+"""
+REPORT_SLOS = """\
+slos:
+  - name: api-availability
+    objective: 99
+    sli: {kind: availability, probe: api}
+  - name: api-latency
+    objective: 95
+    sli: {kind: latency, probe: api, threshold: 200ms}
+  - name: web-availability
+    objective: 99
+    sli: {kind: availability, probe: web}
+"""
+
+
+@pytest.fixture
+def exhausted_config(tmp_path: Path) -> Path:
+    """Ten hours of results a minute apart. api: ten failures eight hours ago: the 30-day budget (99 % of
+    600 results allows 6 bad ones) is spent 1.7 times over, and no alert fires (every short window is
+    clean). web: three failures in the last three minutes: half the budget left, no rule over its rate, but
+    spending 5 times too fast over the last hour."""
+    root = tmp_path / "cfg"
+    (root / "probes").mkdir(parents=True)
+    (root / "slo").mkdir()
+    (root / "probes" / "probes.yaml").write_text(REPORT_PROBES)
+    (root / "slo" / "slos.yaml").write_text(REPORT_SLOS)
+    (root / "watchdog.yaml").write_text(f"state: {tmp_path / 'state.db'}\n")
+    now = time.time()
+
+    async def fill() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        await store.record([result(now - (600 - i) * 60, ok=not 120 <= i < 130) for i in range(600)])
+        await store.record([result(now - (600 - i) * 60, ok=i < 597, probe="web") for i in range(600)])
+        await store.close()
+
+    asyncio.run(fill())
+    return root
+
+
+def _line(output: str, name: str) -> str:
+    return next(line for line in output.splitlines() if name in line)
+
+
+def test_report_table_says_exhausted_not_ok(exhausted_config: Path) -> None:
+    args = ["report", "--config", str(exhausted_config)]
+    result = CliRunner().invoke(slo_cli, args, env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    row = _line(result.output, "api-availability")
+    assert "exhausted (burned 1.7x the budget)" in row and not re.search(r"\bok\b", row), row
+    assert not NEGATIVE_PERCENT.search(result.output), result.output
+    latency = _line(result.output, "api-latency")
+    assert re.search(r"\bok\b", latency) and "66.7 % left" in latency, latency  # failures are slow too
+
+
+def test_report_says_burning_and_when_the_budget_runs_out(exhausted_config: Path) -> None:
+    args = ["report", "--config", str(exhausted_config)]
+    result = CliRunner().invoke(slo_cli, args, env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    row = _line(result.output, "web-availability")
+    assert "burning" in row and re.search(r"50\.0 % left, runs out in \d\.\d d", row), row
+
+
+def test_report_lines_say_exhausted_not_ok(exhausted_config: Path) -> None:
+    args = ["report", "--config", str(exhausted_config)]
+    result = CliRunner().invoke(slo_cli, args, env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    head = _line(result.output, "api-availability")
+    assert head.rstrip().endswith("exhausted") and "ok" not in head, head
+    assert "EXHAUSTED" not in result.output
+    assert "budget exhausted (burned 1.7x the budget)" in result.output
+    assert not NEGATIVE_PERCENT.search(result.output), result.output
+
+
+def test_report_json_keeps_the_exact_numbers(exhausted_config: Path) -> None:
+    result = CliRunner().invoke(slo_cli, ["report", "--config", str(exhausted_config), "--json"])
+    assert result.exit_code == 0, result.output
+    api = next(s for s in json.loads(result.output)["slos"] if s["name"] == "api-availability")
+    assert api["budget"]["remaining"] == pytest.approx(1 - 10 / 6)
+    assert api["firing"] == []
+
+
+# -- the demo's summary -------------------------------------------------------------------------------
+
+
+async def test_demo_summary_explains_a_page_still_firing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's story in the store: content-db healthy, then failing for 20 s, then healthy again; the
+    page fired through the real engine and incident manager and is still open when the summary prints."""
+    monkeypatch.setenv("TARGET_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WATCHDOG_STATE", str(tmp_path / "state.db"))
+    config = load_config(demo_cli.demo_config_dir())
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    start = time.time() - 60
+    clock = FakeClock(start)
+    engine = SloEngine(config.slos, store, clock)
+    incidents = IncidentManager(config, store, clock)
+    for k in range(30):
+        clock.advance(2)
+        failing = 20 <= k * 2 < 40
+        await store.record([result(clock.now(), ok=not failing, probe="content-db", labels={"cohort": "db"})])
+        await incidents.handle_slo_signals((await engine.evaluate()).signals)
+    await store.close()
+    assert [i.state for i in await _incidents(tmp_path)] == ["firing"]
+
+    console = Console(record=True, width=120)
+    await demo_cli.report_summary(config, console)
+    text = console.export_text()
+    assert not NEGATIVE_PERCENT.search(text), text
+    assert "why it is still open" in text
+    assert "content-db-availability  99.9 % over 30d  exhausted  PAGE" in text
+    assert "30d budget exhausted (burned 333x the budget): 10 bad results in the window" in text
+    flat = " ".join(text.split())  # table cells wrap
+    assert "page still firing: page-1h-5m, page-6h-30m still see the errors" in flat
+    assert "its 5m window still holds 10 bad of 30 results" in flat
+    assert "at the latest 33.0 min from now if no new errors come" in flat
+
+
+async def _incidents(tmp_path: Path) -> list[Incident]:
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        return list(await store.list_incidents())
+    finally:
+        await store.close()
