@@ -10,23 +10,26 @@ What runs (all loopback; everything started here is stopped by pid at the end):
 * ``prometheus-blackbox-exporter`` on a free port with a ``http_2xx`` module (config in a temp dir), driven
   via ``GET /probe?module=http_2xx&target=<url>``; each answer is checked for ``probe_success 1``. Its CPU
   is utime+stime of its pid from ``/proc/<pid>/stat`` (all threads), divided by the number of probes.
-* watchdog's ``HttpProbe`` (built from an ``HttpProbeConfig``; transport ``auto`` = aiohttp, and ``httpx``'s
-  default transport for comparison), every result added to a ``ResultBuffer`` over a real ``SqliteStore`` in
-  a temp dir with the daemon's ``ProbeMetrics.on_recorded`` hook. Its CPU is ``time.process_time()`` (all
-  threads of this process: the event loop *and* the SQLite worker thread), flushes included, divided by the
-  number of probes.
+* watchdog's ``HttpProbe`` (built from an ``HttpProbeConfig`` by the daemon's ``ProbeBuilder``, so the probes
+  share one pooled client as in the daemon; transport ``auto`` = aiohttp, and ``httpx``'s default transport
+  with a client per probe for comparison), every result added to a ``ResultBuffer`` over a real
+  ``SqliteStore`` in a temp dir with the daemon's ``ProbeMetrics.on_recorded`` hook. Its CPU is
+  ``time.process_time()`` (all threads of this process: the event loop *and* the SQLite worker thread),
+  flushes included, divided by the number of probes.
 
 Modes (every measurement is preceded by a warm-up):
 
 * ``sequential``: one probe at a time, back to back; flush every ``--batch`` results (default 50: what one
   1 s ``flush_interval`` holds at 500 probes / 10 s).
-* ``concurrent``: ``--concurrency`` in flight (watchdog: that many probes, each with its own client as in
-  the daemon; blackbox: that many concurrent ``/probe`` requests); flush every ``--batch`` results.
+* ``concurrent``: ``--concurrency`` in flight (watchdog: that many probes; blackbox: that many concurrent
+  ``/probe`` requests); flush every ``--batch`` results.
 * ``paced``: the daemon's shape. ``--paced-rate`` probes per second started on a fixed schedule, round-robin
-  over ``--paced-probes`` distinct probe instances (each with its own client and keep-alive connection, so
-  caches are as cold as in the daemon), flushed by a 1 s timer; blackbox gets ``/probe`` requests at the
-  same rate. This mode includes the driver's scheduling work on the watchdog side (as the daemon's
-  scheduler would be), so it is the conservative number.
+  over ``--paced-probes`` distinct probe instances (their objects as cold in the caches as in the daemon),
+  flushed by a 1 s timer, each start placed on the daemon's 250 ms start grid
+  (``watchdog.runtime.daemon.START_GRID_S``) as its scheduler places them; blackbox gets ``/probe`` requests
+  at the same rate, each at its own moment, as Prometheus spreads its scrapes. This mode includes the
+  driver's scheduling work on the watchdog side (as the daemon's scheduler would be), so it is the
+  conservative number.
 
 Rounds alternate the order of the probers so drift hits all alike; the table shows median and min.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import statistics
@@ -118,13 +122,17 @@ async def _back_to_back(n: int, concurrency: int, call: Callable[[], Awaitable[N
     await asyncio.gather(*(worker() for _ in range(max(concurrency, 1))))
 
 
-async def _paced(n: int, rate: float, call: Callable[[int], Coroutine[Any, Any, None]]) -> None:
-    """Start call(i) at t0 + i / rate as its own task (like a scheduler), then wait for all."""
+async def _paced(
+    n: int, rate: float, call: Callable[[int], Coroutine[Any, Any, None]], grid_s: float = 0.0
+) -> None:
+    """Start call(i) at t0 + i / rate as its own task (like a scheduler), then wait for all. With ``grid_s``
+    each start is rounded up to that grid, as the daemon's scheduler places probe starts."""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     t0 = loop.time()
     for i in range(n):
-        delay = t0 + i / rate - loop.time()
+        due = i / rate if grid_s <= 0 else math.ceil(i / rate / grid_s) * grid_s
+        delay = t0 + due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         task = asyncio.create_task(call(i))
@@ -203,7 +211,9 @@ async def measure_watchdog(transport: str, target: str, workdir: Path, mode: Mod
     from watchdog.core.clock import SystemClock
     from watchdog.probes._client import make_client
     from watchdog.probes.http import HttpProbe, keepalive_for
+    from watchdog.probes.registry import ProbeBuilder
     from watchdog.runtime.buffer import ResultBuffer
+    from watchdog.runtime.daemon import START_GRID_S
     from watchdog.store.sqlite import SqliteStore
     from watchdog.web.metrics import build_registry
 
@@ -212,13 +222,18 @@ async def measure_watchdog(transport: str, target: str, workdir: Path, mode: Mod
     probes: list[HttpProbe] = []
     owned_clients = []
     interval = mode.probes / mode.rate if mode.kind == "paced" else 10.0
-    for i in range(mode.probes if mode.kind == "paced" else mode.concurrency):
-        config = HttpProbeConfig.model_validate(
+    configs = [
+        HttpProbeConfig.model_validate(
             {"kind": "http", "name": f"bench-{i}", "url": target, "interval": interval, "timeout": 5.0}
         )
-        if transport == "auto":
-            probes.append(HttpProbe(config, defaults=defaults, clock=clock))
-        else:  # the caller owns an injected client
+        for i in range(mode.probes if mode.kind == "paced" else mode.concurrency)
+    ]
+    # The daemon's shape: probes built by the daemon's ProbeBuilder share one pooled client per TLS mode.
+    builder = ProbeBuilder(defaults=defaults, clock=clock)
+    if transport == "auto":
+        probes.extend(p for p in builder.build_all(configs) if isinstance(p, HttpProbe))
+    else:  # httpx's own transport, for comparison: each probe gets an injected client the bench owns
+        for config in configs:
             client = make_client(
                 5.0, transport="httpx", keepalive_s=keepalive_for(interval), max_connections=4
             )
@@ -265,7 +280,9 @@ async def measure_watchdog(transport: str, target: str, workdir: Path, mode: Mod
 
         flushing = asyncio.create_task(flusher())
         try:
-            await _paced(total, mode.rate, lambda i: run_one(probes[i % len(probes)]))
+            await _paced(
+                total, mode.rate, lambda i: run_one(probes[i % len(probes)]), grid_s=START_GRID_S
+            )
         finally:
             flushing.cancel()
         await buffer.flush()
@@ -288,6 +305,7 @@ async def measure_watchdog(transport: str, target: str, workdir: Path, mode: Mod
     finally:
         for probe in probes:
             await probe.aclose()
+        await builder.aclose()
         for client in owned_clients:
             await client.aclose()
         await store.close()

@@ -28,7 +28,8 @@ from watchdog.probes.fake import FakeProbe
 from watchdog.runtime.daemon import Daemon
 from watchdog.runtime.wiring import latency_edges, wire
 from watchdog.store import PostgresStore, SqliteStore, StoreUnavailable
-from watchdog.web.app import HttpServer, create_app
+from watchdog.web.app import create_app
+from watchdog.web.server import HttpServer
 
 FAST = Settings(
     flush_interval=0.2,
@@ -434,3 +435,21 @@ async def test_stop_lets_running_probes_finish(tmp_path: Path) -> None:
     await reader.open()
     assert [r.probe for r in await reader.recent()] == ["slow"]
     await reader.close()
+
+
+def test_probe_starts_fall_on_the_start_grid_within_their_spread() -> None:
+    """Starts are grouped on a 250 ms grid (one scheduler wake-up per slot, bench/probe_cpu.py paced),
+    never earlier than now and at most one grid step past the random phase."""
+    from datetime import UTC, datetime, timedelta
+
+    from watchdog.runtime.daemon import START_GRID_S, first_run_at
+
+    now = datetime(2026, 12, 2, 3, 0, 0, 123_456, tzinfo=UTC)
+    starts = [first_run_at(now, 10.0) for _ in range(2000)]
+    for start in starts:
+        assert now <= start <= now + timedelta(seconds=10.0 + START_GRID_S)
+        assert (start.timestamp() / START_GRID_S) == pytest.approx(round(start.timestamp() / START_GRID_S))
+    # 500 probes over a 10 s spread share ~40 slots: several starts per wake-up, spread over the interval.
+    slots = {s.timestamp() for s in starts[:500]}
+    assert 30 <= len(slots) <= 41
+    assert first_run_at(now, 0.0) == datetime(2026, 12, 2, 3, 0, 0, 250_000, tzinfo=UTC)

@@ -18,7 +18,8 @@ from watchdog.probes.fake import FakeProbe
 from watchdog.runtime.daemon import Daemon
 from watchdog.runtime.wiring import wire
 from watchdog.store import SqliteStore
-from watchdog.web.app import HttpServer, create_app
+from watchdog.web.app import create_app
+from watchdog.web.server import HttpServer
 
 
 def _free_port() -> int:

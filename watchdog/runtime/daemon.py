@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from apscheduler.events import (
@@ -25,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog.core.results import Outcome, ProbeResult
+from watchdog.core.shared_call import SharedCall
 from watchdog.probes.base import Probe
 from watchdog.probes.registry import run_bounded
 from watchdog.runtime.buffer import ResultBuffer
@@ -37,6 +39,22 @@ if TYPE_CHECKING:
     from watchdog.slo.engine import SloEngine
 
 _log = logging.getLogger("watchdog.runtime.daemon")
+
+STORE_DEADLINE_S = 1.0
+"""How long a request path (/readyz, /metrics, the status page) waits for the state store."""
+
+
+START_GRID_S = 0.25
+"""Probe start times fall on a 250 ms grid, so probes due in the same slot start in one scheduler wake-up.
+Waking the process once per probe cost more CPU than the probe itself: after each idle gap the interpreter
+runs from cold caches (bench/probe_cpu.py, paced 50/s: 2.0 ms per probe one start per wake-up, 1.1 ms five
+per wake-up). Intervals that are multiples of the grid (the usual 2 s, 10 s, 30 s) stay on it."""
+
+
+def first_run_at(now: datetime, spread_s: float, grid_s: float = START_GRID_S) -> datetime:
+    """A random moment within ``spread_s`` of ``now``, rounded up to the start grid."""
+    at = now.timestamp() + random.uniform(0, spread_s)
+    return datetime.fromtimestamp(math.ceil(at / grid_s) * grid_s, UTC)
 
 
 class Daemon:
@@ -72,6 +90,9 @@ class Daemon:
         """Probe name → when its submitted run was due (its scheduled time)."""
         self.runs_completed = 0
         self._stopped = False
+        self._store_ping = SharedCall(self.store.ping)
+        self._store_latest = SharedCall(self.store.latest)
+        self._snapshot_read_at = self.clock.now()
 
     @property
     def is_leader(self) -> bool:
@@ -97,7 +118,7 @@ class Daemon:
         for probe in self.probes:
             # A fixed random phase per probe spreads runs (and a restart) without drifting the interval.
             spread = probe.interval_s if jitter is None else min(jitter, probe.interval_s)
-            first = now + timedelta(seconds=random.uniform(0, spread))
+            first = first_run_at(now, spread)
             self.scheduler.add_job(
                 self._run_probe,
                 IntervalTrigger(seconds=probe.interval_s, start_date=first, timezone=UTC),
@@ -168,6 +189,8 @@ class Daemon:
             _log.error("exiting with %d results not written: store unreachable", self.buffer.pending)
         await self.close_probes()
         await self.leader.release()
+        await self._store_ping.aclose()
+        await self._store_latest.aclose()
         await self.store.close()
         _log.info("watchdog stopped", extra={"runs_completed": self.runs_completed})
 
@@ -292,12 +315,17 @@ class Daemon:
         if isinstance(event, JobExecutionEvent):
             _log.error("job %s raised %r", event.job_id, event.exception)
 
-    # -- state for /readyz and /metrics ------------------------------------------------------------------
+    # -- state for /readyz, /metrics and the status page ------------------------------------------------
+    # Every store read on a request path is a SharedCall with a deadline: a hung store makes these answer
+    # "store not answering" within STORE_DEADLINE_S instead of hanging, and never piles up reads.
+
     async def readiness(self) -> dict[str, object]:
         store_ok = True
         error = ""
         try:
-            await self.store.ping()
+            await self._store_ping(STORE_DEADLINE_S)
+        except TimeoutError:
+            store_ok, error = False, f"the state store did not answer within {STORE_DEADLINE_S:g} s"
         except StoreUnavailable as exc:
             store_ok, error = False, str(exc)
         return {
@@ -309,22 +337,26 @@ class Daemon:
         }
 
     async def latest_results(self) -> list[ProbeResult]:
-        return await self.store.latest()
+        """The newest result per series; TimeoutError when the store does not answer in time."""
+        return await self._store_latest(STORE_DEADLINE_S)
 
     async def refresh_snapshot(self, snapshot: StoreSnapshotCollector) -> None:
+        """Bring /metrics' view of the store up to date; when the store does not answer, keep the last
+        results and say how old they are (``watchdog_store_snapshot_age_seconds``)."""
         try:
-            latest = await self.store.latest()
-            store_up = True
-        except StoreUnavailable:
-            latest, store_up = [], False
+            latest: list[ProbeResult] | None = await self._store_latest(STORE_DEADLINE_S)
+            self._snapshot_read_at = self.clock.now()
+        except (TimeoutError, StoreUnavailable):
+            latest = None
         snapshot.update(
-            latest,
-            store_up,
+            latest if latest is not None else snapshot.latest,
+            latest is not None,
             {
                 "results_pending": float(self.buffer.pending),
                 "leader": 1.0 if self.is_leader else 0.0,
                 "scheduler_running": 1.0 if self.scheduler.running else 0.0,
                 "start_time_seconds": self.started_at,
+                "store_snapshot_age_seconds": max(0.0, self.clock.now() - self._snapshot_read_at),
             },
         )
 

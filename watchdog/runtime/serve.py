@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 
 from watchdog.config.loader import WatchdogConfig
 from watchdog.runtime.daemon import Daemon
 from watchdog.runtime.wiring import wire
 from watchdog.store.base import StoreUnavailable
-from watchdog.web.app import HttpServer, create_app
+from watchdog.web.app import create_app
+from watchdog.web.server import HttpServer
 
 _log = logging.getLogger(__name__)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: probes, the store and the HTTP server share the
+    process's descriptors, and a low soft limit (1024 is common) is the first thing a flood exhausts.
+    Returns (soft, hard) as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            _log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
 
 
 async def serve_daemon(
@@ -20,6 +36,8 @@ async def serve_daemon(
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain and return the exit status."""
     stop = stop or asyncio.Event()
+    soft, _hard = raise_open_files_limit()
+    _log.info("open-files limit %d", soft, extra={"nofile": soft})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -1,15 +1,18 @@
-"""/metrics, /healthz, /readyz and a JSON status page, served by uvicorn inside the daemon's loop."""
+"""The routes: /metrics, /healthz, /readyz and a JSON status page (``web.server`` serves them).
+
+/metrics renders at most once per ``min_render_interval_s`` and otherwise serves the bytes it rendered last:
+a scraper hammering it costs an HTTP exchange per request, not a store read and a render, so it cannot
+starve the probes that share the event loop. Store reads on these paths have deadlines (the daemon's
+``SharedCall``): a hung store makes them answer, not hang.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Iterator
+import math
+import time
 from typing import Protocol
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,9 +21,13 @@ from starlette.routing import Route
 
 from watchdog import __version__
 from watchdog.core.results import ProbeResult
+from watchdog.core.shared_call import SharedCall
 from watchdog.web.metrics import StoreSnapshotCollector, exposition
 
-_log = logging.getLogger("watchdog.web.app")
+_log = logging.getLogger(__name__)
+
+RENDER_DEADLINE_S = 2.0
+"""A scrape waits this long for a fresh render, then gets the previous one (its age is in the text)."""
 
 
 class DaemonView(Protocol):
@@ -44,10 +51,11 @@ class DaemonView(Protocol):
         ...
 
 
-def create_app(daemon: DaemonView) -> Starlette:
+def create_app(daemon: DaemonView, *, min_render_interval_s: float = 1.0) -> Starlette:
+    cache = _RenderedMetrics(daemon, min_render_interval_s)
+
     async def metrics(_: Request) -> Response:
-        await daemon.refresh_snapshot(daemon.snapshot)
-        return Response(exposition(daemon.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await cache.get(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -59,6 +67,8 @@ def create_app(daemon: DaemonView) -> Starlette:
     async def status(_: Request) -> Response:
         try:
             latest = await daemon.latest_results()
+        except TimeoutError:
+            return JSONResponse({"error": "the state store is not answering"}, status_code=503)
         except Exception as exc:
             return JSONResponse({"error": f"store unavailable: {exc}"}, status_code=503)
         return JSONResponse(
@@ -82,55 +92,27 @@ def create_app(daemon: DaemonView) -> Starlette:
     )
 
 
-class _InLoopServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+class _RenderedMetrics:
+    """The last /metrics text and when it was rendered; one render at a time, at most one per interval."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    def __init__(self, daemon: DaemonView, min_interval_s: float) -> None:
+        self._daemon = daemon
+        self._min_interval_s = min_interval_s
+        self._body = b""
+        self._rendered_at = -math.inf
+        self._render = SharedCall(self._refresh)
 
+    async def _refresh(self) -> bytes:
+        # refresh_snapshot bounds its own store read; rendering is from memory.
+        await self._daemon.refresh_snapshot(self._daemon.snapshot)
+        self._body = exposition(self._daemon.registry)
+        self._rendered_at = time.monotonic()
+        return self._body
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-class HttpServer:
-    def __init__(self, app: Starlette, listen: str) -> None:
-        self._host, self._port = parse_listen(listen)
-        self._server = _InLoopServer(
-            uvicorn.Config(
-                app, host=self._host, port=self._port, log_config=None, access_log=False, lifespan="off"
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        # Bind here so "address in use" is an OSError for the caller; uvicorn would sys.exit() from
-        # inside a task, which takes the whole event loop down.
-        host, port = self._host, self._port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (no Nagle delay on small replies).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    async def get(self) -> bytes:
+        if time.monotonic() - self._rendered_at < self._min_interval_s:
+            return self._body
         try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        sock.set_inheritable(True)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                raise OSError(f"HTTP server failed to start: {self._task.exception() or 'see log'}")
-            await asyncio.sleep(0.01)
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        return f"http://{shown}:{bound_port}"
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self._task, timeout=5)
+            return await self._render(RENDER_DEADLINE_S)
+        except TimeoutError:
+            return self._body if self._body else await self._render(RENDER_DEADLINE_S * 4)

@@ -304,6 +304,10 @@ class StoreSnapshotCollector(TextCollector):
         self._store_up = 1.0
         self._extra: dict[str, float] = {}
 
+    @property
+    def latest(self) -> list[ProbeResult]:
+        return self._latest
+
     def update(self, latest: list[ProbeResult], store_up: bool, extra: Mapping[str, float]) -> None:
         self._latest = latest
         self._store_up = 1.0 if store_up else 0.0
