@@ -111,7 +111,7 @@ def test_every_problem_is_reported_with_file_and_line(tmp_path: Path) -> None:
     assert "probes/broken.yaml:5: probes[0].expct: unknown field" in text
     assert "probes/broken.yaml:9: probes[1].timeout: 'soon' is not a duration" in text
     assert "probes/broken.yaml:10: probes[2]: missing field 'kind'" in text
-    assert "probes/broken.yaml:14: environment variable NOT_SET_ANYWHERE is not set" in text
+    assert "probes/broken.yaml:14: probes[3].url: environment variable NOT_SET_ANYWHERE is not set" in text
     assert "probes/broken.yaml:15: probes[4]: unknown kind 'smtp'" in text
     assert "alerts/more.yaml:4: alerts[0].slo: no SLO named 'no-such-slo'" in text
     assert "alerts/more.yaml:7: alerts[1].probe: no probe named 'no-such-probe'" in text

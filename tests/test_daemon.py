@@ -369,6 +369,7 @@ def test_run_command_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_run_command_reports_a_busy_port_and_bad_store(tmp_path: Path) -> None:
+    (tmp_path / "watchdog.yaml").write_text("allow_no_probes: true\n")  # the point here is port and store
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

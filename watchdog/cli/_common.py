@@ -8,17 +8,35 @@ from pathlib import Path
 import click
 
 from watchdog.config import ConfigError, WatchdogConfig, load_config
+from watchdog.config.types import parse_listen_address
 
 EXIT_CONFIG = 2
 
 config_option = click.option(
     "--config",
     "config_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    # exists=True: a mistyped path is a usage error naming the path (exit 2), not an empty config.
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
     help="Config directory holding probes/, slo/, alerts/, runbooks/ and an optional watchdog.yaml.",
 )
+
+
+class ListenAddressType(click.ParamType[str, str]):
+    """``HOST:PORT`` / ``[IPv6]:PORT`` checked when the command line is read, before anything starts."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            parse_listen_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+LISTEN_ADDRESS = ListenAddressType()
 
 
 def load_or_exit(config_dir: Path) -> WatchdogConfig:

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import click
 
-from watchdog.cli._common import config_option, load_or_exit
+from watchdog.cli._common import LISTEN_ADDRESS, config_option, load_or_exit
 from watchdog.core.logs import configure_logging
 
 
 @click.command()
 @config_option
-@click.option("--listen", help="HOST:PORT for /metrics, /healthz, /readyz (default from watchdog.yaml).")
+@click.option(
+    "--listen",
+    type=LISTEN_ADDRESS,
+    help="HOST:PORT or [IPv6]:PORT for /metrics, /healthz, /readyz (default from watchdog.yaml).",
+)
 @click.option(
     "--state", help="SQLite file or postgresql:// DSN for the state store (default from watchdog.yaml)."
 )

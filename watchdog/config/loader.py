@@ -2,24 +2,44 @@
 
 YAML is composed into nodes first so that each value keeps the line it came from; pydantic error
 locations are then mapped back onto those lines.
+
+A config is input from whoever can write the folder, so loading it is bounded: file sizes, file count,
+alias expansion (a few hundred bytes of nested anchors expand to billions of values), nesting depth and the
+number of probes all have limits, and going past one is a problem like any other, found in well under a
+second.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from yaml.composer import ComposerError
 
 from watchdog.config.alerts import Alert, EscalationPolicy, ProbeAlert, SloAlert
 from watchdog.config.probes import ProbeConfig
 from watchdog.config.settings import Settings
 from watchdog.config.slo import LatencySli, SloConfig
+
+MAX_FILE_BYTES = 1 << 20
+"""Per YAML file. The example config is about 2 KB per file; 1 MiB holds thousands of probes."""
+MAX_TOTAL_BYTES = 2 << 20
+"""All YAML files of a config together: loading this much takes seconds (YAML parsing dominates)."""
+MAX_FILES = 1000
+"""YAML files in watchdog.yaml, probes/, slo/ and alerts/ together."""
+MAX_PROBES = 5000
+"""Probes in a config: ten times what one daemon is sized for (500 probes every 10 s)."""
+MAX_ALIAS_VALUES = 10_000
+"""Values that ``*alias`` references may add to one file when expanded. Sharing a block between probes
+stays far below it; a "billion laughs" file goes past it within a few lines."""
+MAX_DEPTH = 64
+"""Nesting levels in one file; a real config needs fewer than ten, and the walk over it is recursive."""
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -83,15 +103,27 @@ class _Document:
     """One parsed YAML file: plain data plus the line of every node path."""
 
     def __init__(
-        self, rel: str, data: Any, lines: dict[Path_, int], problems: list[ConfigProblem] | None = None
+        self,
+        rel: str,
+        data: Any,
+        lines: dict[Path_, int],
+        problems: list[ConfigProblem] | None = None,
+        env_fields: set[Path_] | None = None,
     ) -> None:
         self.rel = rel
         self.data = data
         self.lines = lines
         self.problems = problems or []
+        self.env_fields = env_fields or set()
+        """Paths of values with an unset ``${VAR}``: already reported, so their validation errors are not."""
 
     def line_for(self, loc: Sequence[str | int]) -> tuple[int, str]:
-        """Deepest line known for a pydantic error location, and a dotted field name.
+        """Deepest line known for a pydantic error location, and a dotted field name."""
+        _, line, dotted = self.locate(loc)
+        return line, dotted
+
+    def locate(self, loc: Sequence[str | int]) -> tuple[Path_, int, str]:
+        """The data path a pydantic error location points at, its deepest known line and a dotted name.
 
         pydantic adds union tags (``http``) and model names to ``loc`` that are not in the data; they are
         skipped by walking the data alongside.
@@ -125,13 +157,19 @@ class _Document:
             if not probe:
                 break
             probe = probe[:-1]
-        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in shown)
-        return line, dotted.replace(".[", "[")
+        return tuple(path), line, _dotted(shown)
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    """``("probes", 0, "url")`` → ``probes[0].url``."""
+    dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
+    return dotted.replace(".[", "[")
 
 
 class _EnvError(Exception):
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, path: Path_ | None = None) -> None:
         self.line = line
+        self.path = path
         super().__init__(message)
 
 
@@ -185,7 +223,7 @@ def _construct(
             return expand_env(value, environ, node.start_mark.line + 1)
         except _EnvError as exc:
             # Keep going so one run reports every problem; the file is rejected anyway.
-            env_errors.append(exc)
+            env_errors.append(_EnvError(exc.line, str(exc), path))
             return value
     return value
 
@@ -197,13 +235,135 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     return _SCALAR_LOADER.construct_object(node, deep=True)
 
 
+class _BoundedComposer(yaml.composer.Composer):
+    """PyYAML's composer with limits, checked while composing (before anything is expanded).
+
+    Composing keeps an alias as a second reference to its anchor's node, which is cheap; it is the walk
+    that turns nodes into values (``_construct``) that expands every reference, so nested anchors of a few
+    hundred bytes become billions of values there. Each node's expanded size is known once it is composed,
+    so every alias adds the size of what it will expand to, and going past MAX_ALIAS_VALUES stops at the
+    alias. An alias inside its own anchor (a cycle) and nesting past MAX_DEPTH would make the recursive walk
+    fail: they are refused too.
+    """
+
+    _expanded_size: dict[int, int]  # id(node) → values it stands for, aliases expanded
+    _alias_values: int
+    _depth: int
+
+    def _start_bounds(self) -> None:
+        self._expanded_size = {}
+        self._alias_values = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[attr-defined]  # from the parser class
+        if isinstance(event, yaml.AliasEvent):
+            self._count_alias(event)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep (the limit)", _mark(event)
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        sizes = self._expanded_size
+        if isinstance(node, yaml.SequenceNode):
+            sizes[id(node)] = 1 + sum(sizes[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            sizes[id(node)] = 1 + sum(sizes[id(key)] + sizes[id(value)] for key, value in node.value)
+        elif node is not None:
+            sizes[id(node)] = 1
+        return node
+
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # an undefined alias: the composer reports it
+        size = self._expanded_size.get(id(target))
+        if size is None:  # the anchor's node is still being composed: the alias is inside it
+            raise ComposerError(
+                None, None, f"alias *{event.anchor} refers to a value that contains it", _mark(event)
+            )
+        self._alias_values += size
+        if self._alias_values > MAX_ALIAS_VALUES:
+            raise ComposerError(
+                None,
+                None,
+                f"aliases expand to more than {MAX_ALIAS_VALUES} values, the limit per file "
+                "(write the values out instead of repeating *aliases)",
+                _mark(event),
+            )
+
+
+def _mark(event: yaml.Event) -> yaml.error.Mark | None:
+    # libyaml's marks are another type with the same fields; the error takes PyYAML's.
+    mark = event.start_mark
+    return None if mark is None else yaml.error.Mark(mark.name, mark.index, mark.line, mark.column, None, 0)
+
+
+class _PythonLoader(_BoundedComposer, yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        yaml.SafeLoader.__init__(self, stream)
+        self._start_bounds()
+
+
+class _ComposingLoader(Protocol):
+    def get_single_node(self) -> yaml.Node | None: ...
+    def dispose(self) -> None: ...
+
+
+_new_loader: Callable[[str], _ComposingLoader] = _PythonLoader
+
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
+
+    class _LibyamlLoader(_BoundedComposer, CParser, yaml.resolver.Resolver):
+        """libyaml's scanner and parser under the same composer: parsing is most of the time a config
+        takes to load, and the C parser is about ten times faster than the pure-Python one."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._start_bounds()
+
+    _new_loader = _LibyamlLoader
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _new_loader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _size(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB" if count >= 1 << 20 else f"{count / 1024:.0f} KiB"
+
+
+_LIMITS = (
+    f"the limits are {_size(MAX_FILE_BYTES)} per file, {_size(MAX_TOTAL_BYTES)} and {MAX_FILES} files "
+    f"per config, {MAX_PROBES} probes"
+)
+
+
 def _parse(path: Path, rel: str, environ: dict[str, str] | os._Environ[str]) -> _Document:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            # Read at most one byte past the limit: the size seen before may have changed since.
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            too_big = f"file is larger than {_size(MAX_FILE_BYTES)}; {_LIMITS}"
+            raise ConfigError([ConfigProblem(rel, 0, "", too_big)])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(rel, 0, "", f"cannot read: {exc}")]) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -220,13 +380,17 @@ def _parse(path: Path, rel: str, environ: dict[str, str] | os._Environ[str]) -> 
         raise ConfigError([ConfigProblem(rel, exc.line, "", str(exc))]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(rel, 0, "", f"invalid YAML: {exc}")]) from exc
-    return _Document(rel, data, lines, [ConfigProblem(rel, e.line, "", str(e)) for e in env_errors])
+    problems = [ConfigProblem(rel, e.line, _dotted(e.path or ()), str(e)) for e in env_errors]
+    env_fields = {e.path for e in env_errors if e.path is not None}
+    return _Document(rel, data, lines, problems, env_fields)
 
 
 def _problems_from(doc: _Document, exc: ValidationError, prefix: Path_ = ()) -> list[ConfigProblem]:
     problems = []
     for err in exc.errors():
-        line, dotted = doc.line_for((*prefix, *err["loc"]))
+        path, line, dotted = doc.locate((*prefix, *err["loc"]))
+        if path in doc.env_fields:
+            continue  # the unset variable is the problem, already reported for this field
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
@@ -250,37 +414,61 @@ def _validate(doc: _Document, model: type[BaseModel]) -> tuple[BaseModel | None,
     return (None if problems else validated), problems
 
 
-def _validate_items(
-    doc: _Document, adapters: dict[str, TypeAdapter[Any]]
-) -> tuple[dict[str, list[tuple[int, Any]]], list[ConfigProblem]]:
+_KIND = {"probes": "probe", "slos": "slo", "alerts": "alert", "escalation": "escalation"}
+"""Top-level list key → the kind its entries register as (``probe:<name>``)."""
+
+
+@dataclass
+class _Items:
+    valid: dict[str, list[tuple[int, Any]]]
+    problems: list[ConfigProblem]
+    invalid_names: set[str] = field(default_factory=set)
+    """``kind:name`` of entries that failed validation but whose name could be read: references to them
+    are not reported as well (the entry's own problem is the one to fix)."""
+    complete: bool = True
+    """False when some entries could not be read at all, so the names they define are unknown."""
+
+
+def _validate_items(doc: _Document, adapters: dict[str, TypeAdapter[Any]]) -> _Items:
     """Validate each list item on its own, so one bad entry does not hide problems in the others
     (duplicate names, broken references) and every problem shows up in one run."""
-    problems = list(doc.problems)
-    valid: dict[str, list[tuple[int, Any]]] = {key: [] for key in adapters}
+    items = _Items({key: [] for key in adapters}, list(doc.problems))
     if doc.data == {}:
-        return valid, problems
+        return items
     if not isinstance(doc.data, dict):
-        return valid, [ConfigProblem(doc.rel, doc.lines.get((), 1), "", "the file must be a YAML mapping")]
+        items.problems.append(
+            ConfigProblem(doc.rel, doc.lines.get((), 1), "", "the file must be a YAML mapping")
+        )
+        items.complete = False
+        return items
     for key, value in doc.data.items():
         if key not in adapters:
             expected = ", ".join(sorted(adapters))
-            problems.append(
+            items.problems.append(
                 ConfigProblem(
                     doc.rel, doc.lines.get((key,), 0), str(key), f"unknown field (expected {expected})"
                 )
             )
+            items.complete = False
             continue
         if value is None:
             continue
         if not isinstance(value, list):
-            problems.append(ConfigProblem(doc.rel, doc.lines.get((key,), 0), str(key), "must be a list"))
+            line = doc.lines.get((key,), 0)
+            items.problems.append(ConfigProblem(doc.rel, line, str(key), "must be a list"))
+            items.complete = False
             continue
         for i, item in enumerate(value):
             try:
-                valid[key].append((i, adapters[key].validate_python(item)))
+                items.valid[key].append((i, adapters[key].validate_python(item)))
             except ValidationError as exc:
-                problems.extend(_problems_from(doc, exc, (key, i)))
-    return valid, problems
+                items.problems.extend(_problems_from(doc, exc, (key, i)))
+                name = item.get("name") if isinstance(item, dict) else None
+                if isinstance(name, str):
+                    items.invalid_names.add(f"{_KIND[key]}:{name}")
+                else:
+                    items.complete = False
+    return items
 
 
 _PROBE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProbeConfig)
@@ -289,39 +477,100 @@ _ALERT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Alert)
 _ESCALATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(EscalationPolicy)
 
 
-def _yaml_files(folder: Path) -> Iterator[Path]:
-    if folder.is_dir():
-        yield from sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+def _yaml_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+
+
+def _size_problems(root: Path, files: Sequence[Path]) -> list[ConfigProblem]:
+    """Files over the size limits, found from their sizes before any is read."""
+    problems: list[ConfigProblem] = []
+    total = 0
+    for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # reported when it is read
+        total += size
+        if size > MAX_FILE_BYTES:
+            rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+            problems.append(ConfigProblem(rel, 0, "", f"file is {_size(size)}; {_LIMITS}"))
+    if len(files) > MAX_FILES or total > MAX_TOTAL_BYTES:
+        problems.append(
+            ConfigProblem(str(root), 0, "", f"{len(files)} YAML files, {_size(total)} in all; {_LIMITS}")
+        )
+    return problems
+
+
+def _no_probes(root: Path, files: Sequence[Path], defined: Sequence[ProbeConfig]) -> ConfigProblem:
+    """Why a config watches nothing, saying where probes were looked for."""
+    folder = root / "probes"
+    if defined:
+        found = f"the {len(defined)} probe(s) there all have enabled: false"
+    elif files:
+        found = f"the {len(files)} file(s) there define no probe"
+    elif folder.is_dir():
+        found = "there is no such file"
+    else:
+        found = "there is no probes/ folder"
+    return ConfigProblem(
+        str(root.resolve()),
+        0,
+        "",
+        f"no probes: looked for probes/*.yaml and probes/*.yml in this folder and {found} "
+        "(--config names the folder holding probes/, slo/, alerts/, runbooks/ and watchdog.yaml); "
+        "set allow_no_probes: true in watchdog.yaml to run without probes",
+    )
 
 
 def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | None = None) -> WatchdogConfig:
-    """Load ``root``; raise ConfigError listing every problem found (nothing is half-loaded)."""
+    """Load ``root``; raise ConfigError listing every problem found (nothing is half-loaded).
+
+    A problem is reported once: a reference to a probe, SLO or escalation policy is not reported as
+    missing when the file that may define it did not load or the entry itself is invalid.
+    """
     root_path = Path(root)
     env = os.environ if environ is None else environ
     if not root_path.is_dir():
         raise ConfigError([ConfigProblem(str(root_path), 0, "", "config directory does not exist")])
-    problems: list[ConfigProblem] = []
-    docs: list[_Document] = []
-
-    def parse(path: Path) -> _Document | None:
-        rel = str(path.relative_to(root_path)) if path.is_relative_to(root_path) else str(path)
-        try:
-            doc = _parse(path, rel, env)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            return None
-        docs.append(doc)
-        return doc
-
-    settings = Settings()
     settings_path = next(
         (root_path / n for n in ("watchdog.yaml", "watchdog.yml") if (root_path / n).is_file()), None
     )
-    if settings_path is not None and (doc := parse(settings_path)) is not None:
-        model, found = _validate(doc, Settings)
-        problems.extend(found)
-        if isinstance(model, Settings):
-            settings = model
+    folders = {name: _yaml_files(root_path / name) for name in ("probes", "slo", "alerts")}
+    every_file = [*([settings_path] if settings_path else []), *(p for f in folders.values() for p in f)]
+    if oversized := _size_problems(root_path, every_file):
+        raise ConfigError(oversized)
+
+    problems: list[ConfigProblem] = []
+    invalid_names: set[str] = set()
+    # Kinds whose full set of names is unknown (a file did not load): references to them are not checked.
+    unknown_kinds: set[str] = set()
+
+    def parse(path: Path, kinds: Sequence[str]) -> _Document | None:
+        rel = str(path.relative_to(root_path)) if path.is_relative_to(root_path) else str(path)
+        try:
+            return _parse(path, rel, env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            unknown_kinds.update(kinds)
+            return None
+
+    def absorb(items: _Items, kinds: Sequence[str]) -> None:
+        problems.extend(items.problems)
+        invalid_names.update(items.invalid_names)
+        if not items.complete:
+            unknown_kinds.update(kinds)
+
+    settings = Settings()
+    settings_loaded = True
+    if settings_path is not None:
+        settings_loaded = False
+        if (doc := parse(settings_path, ())) is not None:
+            model, found = _validate(doc, Settings)
+            problems.extend(found)
+            if isinstance(model, Settings):
+                settings, settings_loaded = model, True
 
     config = WatchdogConfig(root=root_path, settings=settings)
     seen: dict[str, Located] = {}
@@ -343,55 +592,84 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
         seen[key] = here
         return True
 
-    for path in _yaml_files(root_path / "probes"):
-        if (doc := parse(path)) is None:
+    def missing(kind: str, name: str) -> bool:
+        key = f"{kind}:{name}"
+        return key not in seen and key not in invalid_names and kind not in unknown_kinds
+
+    before_probes = len(problems)
+    probe_entries = 0
+    for path in folders["probes"]:
+        if (doc := parse(path, ("probe",))) is None:
             continue
-        items, found = _validate_items(doc, {"probes": _PROBE_ADAPTER})
-        problems.extend(found)
-        for i, probe in items["probes"]:
+        entries = doc.data.get("probes") if isinstance(doc.data, dict) else None
+        if isinstance(entries, list) and probe_entries + len(entries) > MAX_PROBES:
+            # Checked before validating: validation is what takes time at this size.
+            index = MAX_PROBES - probe_entries
+            problems.append(
+                ConfigProblem(
+                    doc.rel,
+                    doc.lines.get(("probes", index), 0),
+                    f"probes[{index}]",
+                    f"more than {MAX_PROBES} probes; {_LIMITS}",
+                )
+            )
+            unknown_kinds.add("probe")
+            break
+        probe_entries += len(entries) if isinstance(entries, list) else 0
+        items = _validate_items(doc, {"probes": _PROBE_ADAPTER})
+        absorb(items, ("probe",))
+        for i, probe in items.valid["probes"]:
             if register("probe", probe.name, doc, ("probes", i)):
                 config.probes.append(probe)
+    if (
+        len(problems) == before_probes
+        and settings_loaded
+        and not settings.allow_no_probes
+        and not config.enabled_probes()
+    ):
+        problems.append(_no_probes(root_path, folders["probes"], config.probes))
+        unknown_kinds.add("probe")  # references to probes are the same mistake
 
-    for path in _yaml_files(root_path / "slo"):
-        if (doc := parse(path)) is None:
+    for path in folders["slo"]:
+        if (doc := parse(path, ("slo",))) is None:
             continue
-        items, found = _validate_items(doc, {"slos": _SLO_ADAPTER})
-        problems.extend(found)
-        for i, slo in items["slos"]:
+        items = _validate_items(doc, {"slos": _SLO_ADAPTER})
+        absorb(items, ("slo",))
+        for i, slo in items.valid["slos"]:
             if register("slo", slo.name, doc, ("slos", i)):
                 config.slos.append(slo)
                 probe_ref = slo.sli.probe
-                if f"probe:{probe_ref}" not in seen:
+                if missing("probe", probe_ref):
                     line = doc.lines.get(("slos", i, "sli", "probe"), 0)
                     problems.append(
                         ConfigProblem(doc.rel, line, f"slos[{i}].sli.probe", f"no probe named {probe_ref!r}")
                     )
 
     alert_docs: list[tuple[_Document, int, SloAlert | ProbeAlert]] = []
-    for path in _yaml_files(root_path / "alerts"):
-        if (doc := parse(path)) is None:
+    for path in folders["alerts"]:
+        if (doc := parse(path, ("alert", "escalation"))) is None:
             continue
-        items, found = _validate_items(doc, {"alerts": _ALERT_ADAPTER, "escalation": _ESCALATION_ADAPTER})
-        problems.extend(found)
-        for i, alert in items["alerts"]:
+        items = _validate_items(doc, {"alerts": _ALERT_ADAPTER, "escalation": _ESCALATION_ADAPTER})
+        absorb(items, ("alert", "escalation"))
+        for i, alert in items.valid["alerts"]:
             if register("alert", alert.name, doc, ("alerts", i)):
                 config.alerts.append(alert)
                 alert_docs.append((doc, i, alert))
-        for i, policy in items["escalation"]:
+        for i, policy in items.valid["escalation"]:
             if register("escalation", policy.name, doc, ("escalation", i)):
                 config.escalation.append(policy)
 
     runbook_dir = root_path / "runbooks"
     for doc, i, alert in alert_docs:
-        if isinstance(alert, SloAlert) and f"slo:{alert.slo}" not in seen:
+        if isinstance(alert, SloAlert) and missing("slo", alert.slo):
             line = doc.lines.get(("alerts", i, "slo"), 0)
             problems.append(ConfigProblem(doc.rel, line, f"alerts[{i}].slo", f"no SLO named {alert.slo!r}"))
-        if isinstance(alert, ProbeAlert) and f"probe:{alert.probe}" not in seen:
+        if isinstance(alert, ProbeAlert) and missing("probe", alert.probe):
             line = doc.lines.get(("alerts", i, "probe"), 0)
             problems.append(
                 ConfigProblem(doc.rel, line, f"alerts[{i}].probe", f"no probe named {alert.probe!r}")
             )
-        if f"escalation:{alert.escalation}" not in seen:
+        if missing("escalation", alert.escalation):
             line = doc.lines.get(("alerts", i, "escalation"), doc.lines.get(("alerts", i), 0))
             problems.append(
                 ConfigProblem(

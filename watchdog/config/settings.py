@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.config.types import Duration, PositiveDuration
+from watchdog.config.types import Duration, ListenAddress, PositiveDuration
 
 
 class Strict(BaseModel):
@@ -32,7 +32,8 @@ class Retention(Strict):
 class Settings(Strict):
     state: str = "watchdog-state.db"
     """A SQLite file path (default) or a ``postgresql://`` DSN shared by replicas."""
-    listen: str = Field(default="127.0.0.1:9108", pattern=r"^[^\s:]*:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    listen: ListenAddress = "127.0.0.1:9108"
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every interface) for /metrics, /healthz, /readyz."""
     instance: str = ""
     """Replica identity for leases and outbox claims; default hostname:pid."""
     defaults: ProbeDefaults = Field(default_factory=ProbeDefaults)
@@ -44,3 +45,7 @@ class Settings(Strict):
     local file path."""
     flush_interval: PositiveDuration = 1.0
     """How often buffered probe results are written to the store in one transaction."""
+    allow_no_probes: bool = False
+    """A config that defines no enabled probe is refused by default: it watches nothing, yet the daemon
+    would report ready, which is how a wrong ``--config`` directory goes unnoticed. Set ``true`` to run
+    without probes on purpose."""
