@@ -44,8 +44,13 @@ class _LazyGroup(click.Group):
 )
 @click.version_option(__version__, prog_name="watchdog")
 def main() -> None:
-    """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs, Slack escalation and automatic
-    YAML/DB flag rollback for one web service.
+    """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs and alerts for one web service.
+
+    Works today: pages go to the log (JSON lines); slack targets are delivered to the log with a warning;
+    ack_within and repeat_every are accepted but not acted on; the YAML/DB flag is not flipped automatically.
+
+    Planned, not in this version: a Slack notifier, L1 -> L2 -> L3 escalation on missing acknowledgement,
+    repeated pages, automatic rollback of the flag.
 
     \b
     Start here:
@@ -55,6 +60,7 @@ def main() -> None:
       watchdog run --config DIR          the daemon
       watchdog db inspect DSN            the database at a glance (3 a.m. view)
       watchdog slo report --config DIR   objectives, budgets, burn rates, forecasts
+      python -m watchdog.demo --help     the reference service alone (the system under test)
     """
 
 
