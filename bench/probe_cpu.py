@@ -25,7 +25,7 @@ Modes (every measurement is preceded by a warm-up):
   ``/probe`` requests); flush every ``--batch`` results.
 * ``paced``: the daemon's shape. ``--paced-rate`` probes per second started on a fixed schedule, round-robin
   over ``--paced-probes`` distinct probe instances (their objects as cold in the caches as in the daemon),
-  flushed by a 1 s timer, each start placed on the daemon's 250 ms start grid
+  flushed by a 1 s timer, each start placed on the daemon's 100 ms start grid
   (``watchdog.runtime.daemon.START_GRID_S``) as its scheduler places them; blackbox gets ``/probe`` requests
   at the same rate, each at its own moment, as Prometheus spreads its scrapes. This mode includes the
   driver's scheduling work on the watchdog side (as the daemon's scheduler would be), so it is the

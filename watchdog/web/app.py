@@ -1,17 +1,20 @@
 """The routes: /metrics, /healthz, /readyz and a JSON status page (``web.server`` serves them).
 
-/metrics renders at most once per ``min_render_interval_s`` and otherwise serves the bytes it rendered last:
-a scraper hammering it costs an HTTP exchange per request, not a store read and a render, so it cannot
-starve the probes that share the event loop. Store reads on these paths have deadlines (the daemon's
-``SharedCall``): a hung store makes them answer, not hang.
+``web.server`` runs them on an event loop of their own, in their own thread, so that HTTP work never delays
+a probe; whatever touches the daemon's state runs on the daemon's loop (``home``), called across with
+``run_coroutine_threadsafe``. /metrics renders there at most once per ``min_render_interval_s`` and every
+other scrape gets the bytes rendered last; /readyz is re-asked at most every ``READINESS_TTL_S``. Store
+reads on these paths have deadlines (the daemon's ``SharedCall``): a hung store makes them answer, not hang.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
@@ -26,6 +29,10 @@ from watchdog.web.metrics import StoreSnapshotCollector, exposition
 
 _log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+READINESS_TTL_S = 0.25
+"""/readyz asks the daemon at most this often; requests in between get the last answer."""
 RENDER_DEADLINE_S = 2.0
 """A scrape waits this long for a fresh render, then gets the previous one (its age is in the text)."""
 
@@ -51,8 +58,28 @@ class DaemonView(Protocol):
         ...
 
 
-def create_app(daemon: DaemonView, *, min_render_interval_s: float = 1.0) -> Starlette:
-    cache = _RenderedMetrics(daemon, min_render_interval_s)
+class _Home:
+    """Runs coroutines on the daemon's loop, from whichever loop serves the request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    async def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        if asyncio.get_running_loop() is self.loop:
+            return await make()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), self.loop))
+
+
+def create_app(
+    daemon: DaemonView,
+    *,
+    min_render_interval_s: float = 1.0,
+    home: asyncio.AbstractEventLoop | None = None,
+) -> Starlette:
+    """``home``: the daemon's event loop (default: the loop running now, where the daemon was started)."""
+    on_home = _Home(home or asyncio.get_running_loop())
+    cache = _RenderedMetrics(daemon, on_home, min_render_interval_s)
+    readiness = _Recent(lambda: on_home.run(daemon.readiness), READINESS_TTL_S)
 
     async def metrics(_: Request) -> Response:
         return Response(await cache.get(), media_type=CONTENT_TYPE_LATEST)
@@ -61,12 +88,12 @@ def create_app(daemon: DaemonView, *, min_render_interval_s: float = 1.0) -> Sta
         return PlainTextResponse("ok\n")
 
     async def readyz(_: Request) -> Response:
-        state = await daemon.readiness()
+        state = await readiness.get()
         return JSONResponse(state, status_code=200 if state["ready"] else 503)
 
     async def status(_: Request) -> Response:
         try:
-            latest = await daemon.latest_results()
+            latest = await on_home.run(daemon.latest_results)
         except TimeoutError:
             return JSONResponse({"error": "the state store is not answering"}, status_code=503)
         except Exception as exc:
@@ -95,17 +122,22 @@ def create_app(daemon: DaemonView, *, min_render_interval_s: float = 1.0) -> Sta
 class _RenderedMetrics:
     """The last /metrics text and when it was rendered; one render at a time, at most one per interval."""
 
-    def __init__(self, daemon: DaemonView, min_interval_s: float) -> None:
+    def __init__(self, daemon: DaemonView, home: _Home, min_interval_s: float) -> None:
         self._daemon = daemon
+        self._home = home
         self._min_interval_s = min_interval_s
         self._body = b""
         self._rendered_at = -math.inf
         self._render = SharedCall(self._refresh)
 
-    async def _refresh(self) -> bytes:
-        # refresh_snapshot bounds its own store read; rendering is from memory.
+    async def _render_at_home(self) -> bytes:
+        # On the daemon's loop: the collectors read state the probes change there. refresh_snapshot bounds
+        # its own store read; rendering is from memory.
         await self._daemon.refresh_snapshot(self._daemon.snapshot)
-        self._body = exposition(self._daemon.registry)
+        return exposition(self._daemon.registry)
+
+    async def _refresh(self) -> bytes:
+        self._body = await self._home.run(self._render_at_home)
         self._rendered_at = time.monotonic()
         return self._body
 
@@ -116,3 +148,21 @@ class _RenderedMetrics:
             return await self._render(RENDER_DEADLINE_S)
         except TimeoutError:
             return self._body if self._body else await self._render(RENDER_DEADLINE_S * 4)
+
+
+class _Recent(Generic[T]):
+    """An answer re-asked at most every ``ttl_s`` (one question in flight), so a flood of requests costs
+    the daemon's loop one call per ``ttl_s``."""
+
+    def __init__(self, ask: Callable[[], Awaitable[T]], ttl_s: float) -> None:
+        self._ask = SharedCall(ask)
+        self._ttl_s = ttl_s
+        self._answer: T | None = None
+        self._at = -math.inf
+
+    async def get(self) -> T:
+        if self._answer is not None and time.monotonic() - self._at < self._ttl_s:
+            return self._answer
+        self._answer = await self._ask(RENDER_DEADLINE_S * 2)
+        self._at = time.monotonic()
+        return self._answer

@@ -1,6 +1,8 @@
-"""uvicorn inside the daemon's event loop, hardened for a monitoring tool's HTTP face.
+"""uvicorn, hardened for a monitoring tool's HTTP face, on an event loop of its own in its own thread.
 
 A scraper that misbehaves (or an attacker) must never make the probes fail or lie, so the server:
+- runs in its own thread with its own event loop: parsing and answering requests never sits between a probe's
+  response arriving and the probe reading it (measured: bench/scrape_load.py);
 - holds at most ``max_connections`` connections; one more is closed at once (``limit_reached`` counts it),
   and the cap always leaves ``fd_reserve`` file descriptors of the process limit to the probes and the store;
 - gives a client ``header_timeout_s`` to send a complete request head (slow-loris connections that trickle
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import resource
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -142,6 +145,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class HttpServer:
+    """``own_thread`` (default): serve from a dedicated thread and event loop; False serves on the caller's
+    loop (for embedding where no thread is wanted)."""
+
     def __init__(
         self,
         app: Starlette,
@@ -150,6 +156,7 @@ class HttpServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
         fd_reserve: int = 256,
+        own_thread: bool = True,
     ) -> None:
         self._host, self._port = parse_listen(listen)
         self.max_connections = connection_budget(max_connections, fd_reserve)
@@ -166,7 +173,10 @@ class HttpServer:
                 timeout_keep_alive=5,
             )
         )
+        self._own_thread = own_thread
         self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
 
     @property
     def refused_connections(self) -> int:
@@ -190,19 +200,44 @@ class HttpServer:
             sock.close()
             raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         sock.set_inheritable(True)
-        asyncio.get_running_loop().set_exception_handler(_loop_exception_handler)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                raise OSError(f"HTTP server failed to start: {self._task.exception() or 'see log'}")
-            await asyncio.sleep(0.01)
+        if self._own_thread:
+            self._thread = threading.Thread(
+                target=self._serve_in_thread, args=(sock,), name="watchdog-http", daemon=True
+            )
+            self._thread.start()
+            while not self._server.started:
+                if not self._thread.is_alive():
+                    raise OSError(f"HTTP server failed to start: {self._thread_error or 'see log'}")
+                await asyncio.sleep(0.01)
+        else:
+            asyncio.get_running_loop().set_exception_handler(_loop_exception_handler)
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started:
+                if self._task.done():
+                    raise OSError(f"HTTP server failed to start: {self._task.exception() or 'see log'}")
+                await asyncio.sleep(0.01)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"http://{shown}:{bound_port}"
 
+    def _serve_in_thread(self, sock: socket.socket) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(_loop_exception_handler)
+        try:
+            loop.run_until_complete(self._server.serve(sockets=[sock]))
+        except BaseException as exc:  # reported by start(); the daemon goes on without its HTTP face
+            self._thread_error = exc
+            _log.error("HTTP server stopped: %r", exc)
+        finally:
+            loop.close()
+
     async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            # uvicorn checks should_exit every 0.1 s, then closes its connections (5 s at most).
+            await asyncio.to_thread(self._thread.join, 10)
+            return
         if self._task is None:
             return
-        self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self._task, timeout=5)
