@@ -393,6 +393,9 @@ def test_run_command_reports_a_busy_port_and_bad_store(tmp_path: Path) -> None:
         )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    # Listening comes first: a busy port stops the daemon before it touches the store or starts anything.
+    assert not (tmp_path / "state.db").exists()
+    assert "watchdog started" not in out.stderr
     bad = subprocess.run(
         [
             sys.executable,

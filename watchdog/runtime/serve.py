@@ -48,18 +48,21 @@ async def serve_daemon(
             _log.error("bad state store: %s", exc)
             return 2
         daemon = Daemon(components)
-        try:
-            await daemon.start()
-        except StoreUnavailable as exc:
-            _log.error("cannot open the state store: %s", exc)
-            await components.close_probes()
-            return 1
+        # Listen first: a busy or foreign address fails before any probe runs or the store is touched.
+        # Until the daemon has started, /readyz says 503.
         server = HttpServer(create_app(daemon), listen)
         try:
             url = await server.start()
         except OSError as exc:
             _log.error("%s", exc)
-            await daemon.stop()
+            await components.close_probes()
+            return 1
+        try:
+            await daemon.start()
+        except StoreUnavailable as exc:
+            _log.error("cannot open the state store: %s", exc)
+            await server.stop()
+            await components.close_probes()
             return 1
         _log.info("serving /metrics, /healthz, /readyz on %s", url, extra={"url": url})
         await stop.wait()
