@@ -1,7 +1,8 @@
 """The daemon: probes on a schedule → buffer → store; evaluation, dispatch and retention ticks.
 
-Jobs only: ``wiring.wire`` builds what runs, ``serve`` adds the HTTP face. Everything shares one asyncio
-event loop (APScheduler's AsyncIOScheduler; uvicorn beside it).
+Jobs only: ``wiring.wire`` builds what runs, ``serve`` adds the HTTP face. The jobs share one asyncio event
+loop (APScheduler's AsyncIOScheduler); the HTTP face runs in a thread of its own (``web.server``) and reads
+the daemon's state back on this loop.
 """
 
 from __future__ import annotations

@@ -82,13 +82,20 @@ def create_app(
     readiness = _Recent(lambda: on_home.run(daemon.readiness), READINESS_TTL_S)
 
     async def metrics(_: Request) -> Response:
-        return Response(await cache.get(), media_type=CONTENT_TYPE_LATEST)
+        try:
+            return Response(await cache.get(), media_type=CONTENT_TYPE_LATEST)
+        except TimeoutError:  # nothing rendered yet and the daemon does not answer
+            return PlainTextResponse("the daemon did not render its metrics in time\n", status_code=503)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     async def readyz(_: Request) -> Response:
-        state = await readiness.get()
+        try:
+            state = await readiness.get()
+        except TimeoutError:
+            answer = {"ready": False, "error": "the daemon did not answer in time"}
+            return JSONResponse(answer, status_code=503)
         return JSONResponse(state, status_code=200 if state["ready"] else 503)
 
     async def status(_: Request) -> Response:
