@@ -46,11 +46,12 @@ class _LazyGroup(click.Group):
 def main() -> None:
     """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs and alerts for one web service.
 
-    Works today: pages go to the log (JSON lines); slack targets are delivered to the log with a warning;
-    ack_within and repeat_every are accepted but not acted on; the YAML/DB flag is not flipped automatically.
+    Works today: pages go to Slack (with SLACK_BOT_TOKEN) and to the log (JSON lines), each target once,
+    never dropped; ack_within and repeat_every are accepted but not acted on; the YAML/DB flag is not
+    flipped automatically.
 
-    Planned, not in this version: a Slack notifier, L1 -> L2 -> L3 escalation on missing acknowledgement,
-    repeated pages, automatic rollback of the flag.
+    Planned, not in this version: Slack buttons and acknowledgements, L1 -> L2 -> L3 escalation on missing
+    acknowledgement, repeated pages, automatic rollback of the flag.
 
     \b
     Start here:

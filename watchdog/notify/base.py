@@ -1,4 +1,5 @@
-"""The notifier contract: ``send`` a page; permanent failures fall back to the next channel."""
+"""The notifier contract: ``send`` a page to the one target it names (``channel``, ``mentions``); permanent
+failures fall back to the fallback channel, transient ones are retried by the dispatcher."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ class Page:
     runbook_url: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     level: str = "L1"
+    channel: str = ""
+    """The target's channel (``#oncall`` or a channel id) for channel kinds such as slack; empty for log."""
+    mentions: tuple[str, ...] = ()
+    """The target's user or group ids to mention (``U…``/``W…`` users, ``S…`` user groups)."""
+    since: str = ""
+    """When the incident started, as the payload carries it (ISO 8601), if it does."""
 
 
 class Notifier(Protocol):

@@ -1,5 +1,18 @@
-"""Sends what the alerting layer enqueued: claims outbox rows, delivers each page through its targets'
-notifiers, falls back to the next channel on a permanent error, retries later on a transient one."""
+"""Sends what the alerting layer enqueued: claims outbox rows and delivers each page to every one of its
+targets, each target exactly once.
+
+* A page with several targets is split into one outbox item per target (the page's dedup key plus
+  ``#<index>:<kind>:<channel>``, enqueued idempotently, then the page's own item is completed); a page with
+  one target (or none) is delivered directly. So a target that succeeded is never sent again because
+  another one failed: each has its own attempts and backoff.
+* A target's notifier gets the page with the target's ``channel`` and ``mention`` ids. A permanent error,
+  or a kind that is not configured, sends the page to the fallback channel (``log``) at once; a transient
+  error retries with backoff (2 s, 4 s, … 300 s), and after ``MAX_ATTEMPTS`` transient failures the page
+  goes to the fallback channel, with an error line saying so: an outage delays a page, never drops it.
+  Should the fallback fail too, the item is retried later (every 300 s at most), never completed.
+* One bad item never stalls the others: a malformed payload is logged (with its payload) and completed; a
+  notifier raising something other than ``NotifyError`` counts as a transient failure.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +27,50 @@ from watchdog.store.base import OutboxItem, OutboxStore
 _log = logging.getLogger("watchdog.notify.dispatch")
 
 MAX_ATTEMPTS = 8
+MAX_BACKOFF_S = 300.0
+
+
+class MalformedPage(ValueError):
+    """An outbox payload that is not a page: it can never be delivered."""
+
+
+def _targets(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    targets = payload.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, Mapping) for t in targets):
+        raise MalformedPage(f"targets must be a list of mappings, not {type(targets).__name__}")
+    return targets
+
+
+def _page(payload: Mapping[str, Any], target: Mapping[str, Any] | None) -> Page:
+    if not isinstance(payload, Mapping):
+        raise MalformedPage(f"payload is a {type(payload).__name__}, not a mapping")
+    missing = [k for k in ("key", "title", "severity", "state") if not isinstance(payload.get(k), str)]
+    if missing:
+        raise MalformedPage(f"missing or not a string: {', '.join(missing)}")
+    labels = payload.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise MalformedPage("labels must be a mapping")
+    mentions: Any = (target or {}).get("mention") or []
+    if not isinstance(mentions, list | tuple):
+        raise MalformedPage("a target's mention must be a list")
+    channel = (target or {}).get("channel")
+    return Page(
+        key=payload["key"],
+        title=payload["title"],
+        severity=payload["severity"],
+        state=payload["state"],
+        summary=str(payload.get("summary") or ""),
+        runbook_url=str(payload.get("runbook_url") or ""),
+        labels={str(k): str(v) for k, v in labels.items()},
+        level=str(payload.get("level") or "L1"),
+        channel=str(channel) if channel else "",
+        mentions=tuple(str(m) for m in mentions),
+        since=str(payload.get("since") or ""),
+    )
+
+
+def _describe(kind: str, page: Page) -> str:
+    return f"{kind} {page.channel}" if page.channel else kind
 
 
 class Dispatcher:
@@ -37,58 +94,116 @@ class Dispatcher:
         self._lease = claim_lease_s
 
     async def run_once(self, limit: int = 20) -> int:
-        """Deliver up to ``limit`` pages; returns how many were delivered."""
-        items = await self._store.claim(NOTIFY_TOPIC, self._worker, limit, self._lease, self._clock.now())
+        """Deliver up to ``limit`` outbox items; returns how many target deliveries succeeded (a page split
+        into per-target items is delivered in the same call)."""
         delivered = 0
-        for item in items:
-            if await self._deliver(item):
-                delivered += 1
+        budget = limit
+        while budget > 0:
+            items = await self._store.claim(
+                NOTIFY_TOPIC, self._worker, budget, self._lease, self._clock.now()
+            )
+            if not items:
+                break
+            budget -= len(items)
+            split = False
+            for item in items:
+                try:
+                    outcome = await self._handle(item)
+                except Exception:  # a store error on one item: the others still go; its claim expires
+                    _log.exception("page %s: dispatching failed; its claim will expire", item.dedup_key)
+                    continue
+                split = split or outcome is None
+                delivered += 1 if outcome else 0
+            if not split:
+                break
         return delivered
 
-    def _channels(self, targets: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
-        chain: list[tuple[str, Mapping[str, Any]]] = []
-        for target in targets:
-            kind = str(target.get("type", ""))
-            if kind in self._notifiers:
-                chain.append((kind, target))
-            else:
-                _log.warning("no %s notifier configured; page goes to the next channel", kind)
-        if not any(kind == self._fallback for kind, _ in chain):
-            chain.append((self._fallback, {"type": self._fallback}))
-        return chain
-
-    async def _deliver(self, item: OutboxItem) -> bool:
-        payload = item.payload
-        page = Page(
-            key=str(payload["key"]),
-            title=str(payload["title"]),
-            severity=str(payload["severity"]),
-            state=str(payload["state"]),
-            summary=str(payload.get("summary", "")),
-            runbook_url=str(payload.get("runbook_url", "")),
-            labels={str(k): str(v) for k, v in dict(payload.get("labels", {})).items()},
-            level=str(payload.get("level", "L1")),
-        )
-        errors: list[str] = []
-        for kind, _target in self._channels(list(payload.get("targets", []))):
-            try:
-                await self._notifiers[kind].send(page)
-            except NotifyError as exc:
-                errors.append(f"{kind}: {exc}")
-                if exc.permanent:
-                    continue
-                await self._retry(item, "; ".join(errors))
-                return False
+    async def _handle(self, item: OutboxItem) -> bool | None:
+        """True if delivered, False if not (retried later, or malformed and dropped), None if split."""
+        try:
+            payload = item.payload
+            if not isinstance(payload, Mapping):
+                raise MalformedPage(f"payload is a {type(payload).__name__}, not a mapping")
+            targets = _targets(payload)
+            if len(targets) > 1:
+                _page(payload, targets[0])  # refuse a malformed page before splitting it
+                await self._split(item, payload, targets)
+                return None
+            page = _page(payload, targets[0] if targets else None)
+        except MalformedPage as exc:
+            _log.error(
+                "page %s is malformed and cannot be delivered (%s); dropped: %.2000r",
+                item.dedup_key,
+                exc,
+                item.payload,
+            )
             await self._store.complete(item.id, self._worker, self._clock.now())
-            return True
-        await self._retry(item, "; ".join(errors) or "no channel accepted the page")
+            return False
+        kind = str(targets[0].get("type", "")) if targets else self._fallback
+        return await self._deliver(item, kind, page)
+
+    async def _split(
+        self, item: OutboxItem, payload: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]
+    ) -> None:
+        now = self._clock.now()
+        for index, target in enumerate(targets):
+            key = f"{item.dedup_key}#{index}:{target.get('type', '')}:{target.get('channel') or ''}"
+            # Idempotent: a split interrupted before completing its page is redone without duplicates.
+            await self._store.enqueue(NOTIFY_TOPIC, {**payload, "targets": [dict(target)]}, key, now)
+        await self._store.complete(item.id, self._worker, now)
+
+    async def _deliver(self, item: OutboxItem, kind: str, page: Page) -> bool:
+        if kind == self._fallback:
+            return await self._to_fallback(item, page, None)
+        notifier = self._notifiers.get(kind)
+        if notifier is None:
+            _log.warning("no %s notifier configured; page goes to the next channel", kind)
+            return await self._to_fallback(item, page, None)
+        try:
+            await notifier.send(page)
+        except NotifyError as exc:
+            error = f"{_describe(kind, page)}: {exc}"
+            if exc.permanent:
+                return await self._to_fallback(item, page, error)
+            return await self._transient(item, page, error)
+        except Exception as exc:  # a notifier bug must not stall the queue: treated as transient
+            _log.exception("page %s: the %s notifier raised unexpectedly", item.dedup_key, kind)
+            return await self._transient(item, page, f"{_describe(kind, page)}: {type(exc).__name__}: {exc}")
+        await self._store.complete(item.id, self._worker, self._clock.now())
+        return True
+
+    async def _transient(self, item: OutboxItem, page: Page, error: str) -> bool:
+        if item.attempts >= MAX_ATTEMPTS:
+            _log.error(
+                "page %s not delivered after %d attempts (%s); delivering it to %s instead",
+                item.dedup_key,
+                item.attempts,
+                error,
+                self._fallback,
+            )
+            return await self._to_fallback(item, page, error)
+        await self._retry(item, error, min(MAX_BACKOFF_S, 2.0**item.attempts))
         return False
 
-    async def _retry(self, item: OutboxItem, error: str) -> None:
-        if item.attempts >= MAX_ATTEMPTS:
-            _log.error("giving up on page %s after %d attempts: %s", item.dedup_key, item.attempts, error)
-            await self._store.complete(item.id, self._worker, self._clock.now())
-            return
-        delay = min(300.0, 2.0**item.attempts)
+    async def _to_fallback(self, item: OutboxItem, page: Page, error: str | None) -> bool:
+        """Deliver to the fallback channel; ``error`` says why the target's own channel did not take it."""
+        if error is not None:
+            _log.warning("page %s: %s; delivering it to %s", item.dedup_key, error, self._fallback)
+        try:
+            await self._notifiers[self._fallback].send(page)
+        except Exception as exc:  # even the last resort failed: keep the page, try again later
+            errors = f"{error}; " if error else ""
+            errors += f"{self._fallback}: {type(exc).__name__}: {exc}"
+            delay = min(MAX_BACKOFF_S, 2.0**item.attempts)
+            if item.attempts >= MAX_ATTEMPTS:
+                _log.error(
+                    "page %s: the fallback channel failed too (%s); kept, retrying", item.dedup_key, errors
+                )
+            await self._retry(item, errors, delay)
+            return False
+        await self._store.complete(item.id, self._worker, self._clock.now())
+        return True
+
+    async def _retry(self, item: OutboxItem, error: str, delay: float) -> None:
         _log.warning("page %s not delivered (%s); retrying in %.0f s", item.dedup_key, error, delay)
         await self._store.retry_later(item.id, self._worker, error, self._clock.now() + delay)

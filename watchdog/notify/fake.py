@@ -1,28 +1,30 @@
 """``RecordingNotifier``, the notifier contract's fake (``tests/test_notifier_contract.py`` runs it through
 the same contract as the real notifiers).
 
-It records every page it delivers, in order, and can be scripted to fail: the scripted ``NotifyError``\\ s
-are raised, one per send, before it starts succeeding. A failed send is not recorded as sent.
+It records every page it delivers (with the target's ``channel`` and ``mentions`` the dispatcher put in it),
+in order, and can be scripted to fail: the scripted exceptions (``NotifyError``\\ s, or anything else to
+play a buggy notifier) are raised, one per send, before it starts succeeding. A failed send is not
+recorded as sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from watchdog.notify.base import NotifyError, Page
+from watchdog.notify.base import Page
 
 
 class RecordingNotifier:
     """Implements the Notifier protocol: ``sent`` holds the delivered pages, ``attempts`` counts sends
     (failed ones included)."""
 
-    def __init__(self, name: str = "fake", failures: Sequence[NotifyError] = ()) -> None:
+    def __init__(self, name: str = "fake", failures: Sequence[Exception] = ()) -> None:
         self.name = name
         self.sent: list[Page] = []
         self.attempts = 0
         self._failures = list(failures)
 
-    def fail_next(self, *errors: NotifyError) -> None:
+    def fail_next(self, *errors: Exception) -> None:
         """Script more failures, raised on the next sends after those already scripted."""
         self._failures.extend(errors)
 

@@ -19,11 +19,14 @@ class LogNotifier:
 
     async def send(self, page: Page) -> None:
         self.sent.append(page)
+        # The target this page was meant for (a slack channel, when slack could not take it), if any.
+        target = f" for {page.channel}" if page.channel else ""
         _log.warning(
-            "PAGE %s [%s → %s] %s: %s",
+            "PAGE %s [%s → %s%s] %s: %s",
             page.state.upper(),
             page.severity,
             page.level,
+            target,
             page.title,
             page.summary,
             extra={
@@ -33,5 +36,7 @@ class LogNotifier:
                 "page_level": page.level,
                 "runbook": page.runbook_url,
                 "labels": dict(page.labels),
+                "page_channel": page.channel,
+                "page_mentions": list(page.mentions),
             },
         )

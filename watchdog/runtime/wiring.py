@@ -95,7 +95,10 @@ def wire(
     probes: Sequence[Probe] | None = None,
     notifiers: Mapping[str, Notifier] | None = None,
     instance: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Components:
+    """``env`` configures the notifiers (``SLACK_BOT_TOKEN``, ``SLACK_API_URL``); default: the process
+    environment."""
     clock = clock or SystemClock()
     instance = instance or config.settings.instance or default_instance_name()
     store = store if store is not None else open_configured_store(config, state)
@@ -103,7 +106,11 @@ def wire(
     if probes is None:
         builder = ProbeBuilder(defaults=config.settings.defaults, clock=clock)
         probes = builder.build_all(config.enabled_probes())
-    built_notifiers = dict(notifiers) if notifiers is not None else build_notifiers(notifier_kinds(config))
+    built_notifiers = (
+        dict(notifiers)
+        if notifiers is not None
+        else build_notifiers(notifier_kinds(config), os.environ if env is None else env)
+    )
     registry, probe_metrics, snapshot = build_registry(latency_edges(config))
     return Components(
         config=config,

@@ -1,0 +1,158 @@
+"""A fake Slack Web API for tests: a Starlette app that speaks ``chat.postMessage`` on loopback.
+
+``async with FakeSlackApi(token).running() as base_url:`` serves it (``base_url`` ends in ``/api/``, what
+slack_sdk's ``base_url`` / ``SLACK_API_URL`` expect). It accepts a form or JSON body, checks
+``Authorization: Bearer <token>`` (``not_authed`` without one, ``invalid_auth`` for another token), enforces
+the Block Kit limits a page can hit (header 150 chars, section text 3000, field 2000, 10 fields, ``text``
+40,000: ``invalid_blocks`` / ``msg_too_long``) and records every request (``requests``) and every message it
+accepted (``posts``).
+
+``fail_next(*modes, channel=None)`` scripts the next answers, one per request (for one channel, or for any):
+``"429"`` (with ``Retry-After: retry_after``), ``"500"``, ``"hang"`` (never answers until the server
+stops) or any Slack error code (``"invalid_auth"``, ``"channel_not_found"``, ``"fatal_error"``…), answered
+as Slack does, HTTP 200 with ``{"ok": false, "error": code}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from loopback import serve_asgi
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class SlackRequest:
+    method: str
+    authorization: str
+    body: dict[str, Any]
+    answer: str = "ok"
+    """ok, 429, 500, hang, or the Slack error code answered."""
+
+
+@dataclass
+class Post:
+    channel: str
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _block_problem(blocks: list[dict[str, Any]]) -> str | None:
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "header" and len(block["text"]["text"]) > 150:
+            return "header text longer than 150"
+        if kind == "section":
+            if "text" in block and len(block["text"]["text"]) > 3000:
+                return "section text longer than 3000"
+            fields = block.get("fields", [])
+            if len(fields) > 10 or any(len(f["text"]) > 2000 for f in fields):
+                return "section fields over the limits"
+            if "text" not in block and not fields:
+                return "a section needs text or fields"
+        if kind == "actions":
+            return "actions are not expected from the watchdog yet"
+    return None
+
+
+class FakeSlackApi:
+    def __init__(self, token: str = "xoxb-test-token", *, retry_after: int = 1) -> None:
+        self.token = token
+        self.retry_after = retry_after
+        self.requests: list[SlackRequest] = []
+        self.posts: list[Post] = []
+        self._script: dict[str | None, deque[str]] = {}
+        self._stop = asyncio.Event()
+        self._ts = itertools.count(1)
+        self.app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST"])])
+
+    def fail_next(self, *modes: str, channel: str | None = None) -> None:
+        self._script.setdefault(channel, deque()).extend(modes)
+
+    def posts_to(self, channel: str) -> list[Post]:
+        return [p for p in self.posts if p.channel == channel]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        async with serve_asgi(self.app) as url:
+            try:
+                yield f"{url}/api/"
+            finally:
+                self._stop.set()  # release hanging requests so the server can stop
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = (await request.body()).decode()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = json.loads(raw or "{}")
+            return body if isinstance(body, dict) else {}
+        form: dict[str, Any] = dict(parse_qsl(raw))
+        if isinstance(form.get("blocks"), str):
+            form["blocks"] = json.loads(form["blocks"])
+        return form
+
+    def _next_mode(self, channel: str) -> str:
+        for key in (channel, None):
+            queue = self._script.get(key)
+            if queue:
+                return queue.popleft()
+        return "ok"
+
+    async def _handle(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        body = await self._body(request)
+        call = SlackRequest(method, request.headers.get("authorization", ""), body)
+        self.requests.append(call)
+        if method != "chat.postMessage":
+            call.answer = "unknown_method"
+            return JSONResponse({"ok": False, "error": "unknown_method"})
+        channel = str(body.get("channel", ""))
+        call.answer = self._next_mode(channel)
+        if call.answer == "hang":
+            await self._stop.wait()
+            return Response(status_code=504)
+        if call.answer == "429":
+            return JSONResponse(
+                {"ok": False, "error": "ratelimited"},
+                status_code=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        if call.answer == "500":
+            return Response("upstream exploded", status_code=500, media_type="text/html")
+        if call.answer != "ok":
+            return JSONResponse({"ok": False, "error": call.answer})
+        call.answer = self._check(call.authorization, body)
+        if call.answer != "ok":
+            return JSONResponse({"ok": False, "error": call.answer})
+        blocks = body.get("blocks") or []
+        post = Post(channel, str(body.get("text", "")), blocks)
+        self.posts.append(post)
+        ts = f"1700000000.{next(self._ts):06d}"
+        return JSONResponse({"ok": True, "channel": "C0FAKE", "ts": ts, "message": {"text": post.text}})
+
+    def _check(self, authorization: str, body: dict[str, Any]) -> str:
+        if not authorization.startswith("Bearer "):
+            return "not_authed"
+        if authorization.removeprefix("Bearer ") != self.token:
+            return "invalid_auth"
+        channel = str(body.get("channel", ""))
+        if not channel.startswith(("#", "C")):
+            return "channel_not_found"
+        if not body.get("text") and not body.get("blocks"):
+            return "no_text"
+        if len(str(body.get("text", ""))) > 40_000:
+            return "msg_too_long"
+        blocks = body.get("blocks") or []
+        if not isinstance(blocks, list) or _block_problem(blocks) is not None:
+            return "invalid_blocks"
+        return "ok"
