@@ -66,6 +66,8 @@ async def test_two_replicas_page_once_per_transition(tmp_path: Path, config: Wat
     assert sum(len(m) for m in resolved) == 1
     await asyncio.gather(*(d.run_once() for d in dispatchers))
     assert sorted(p.state for n in notifiers for p in n.sent) == ["firing", "firing", "resolved", "resolved"]
+    # Both the firing and the resolved page say since when the incident fired (FakeClock: 2026-01-01).
+    assert {p.since for n in notifiers for p in n.sent} == {"2026-01-01 00:00:00 UTC"}
     assert await dispatchers[0].run_once() == 0, "nothing is sent twice"
     assert await managers[1].open_slo_incidents() == []
     for store in stores:

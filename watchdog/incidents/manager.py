@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from watchdog.config.alerts import EscalationPolicy, ProbeAlert, SloAlert
@@ -138,7 +139,9 @@ class IncidentManager:
         )
         if incident is None:
             return None  # another replica made this transition; it pages, we do not
-        await self._enqueue_pages(alert, key, state, summary, labels, incident.version, now)
+        # A firing page says since when it fires; a resolved one, since when it had been firing.
+        fired_at = now if current is None or state == FIRING else float(current.data.get("since", now))
+        await self._enqueue_pages(alert, key, state, summary, labels, incident.version, now, fired_at)
         _log.warning(
             "incident %s %s", key, state, extra={"incident": key, "state": state, "severity": alert.severity}
         )
@@ -153,6 +156,7 @@ class IncidentManager:
         labels: Mapping[str, str],
         version: int,
         now: float,
+        fired_at: float,
     ) -> None:
         policy = self._policies.get(alert.escalation)
         levels = _levels_to_page(policy, alert.severity)
@@ -168,6 +172,7 @@ class IncidentManager:
                 "labels": dict(labels),
                 "level": level,
                 "targets": targets,
+                "since": datetime.fromtimestamp(fired_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             }
             await self._store.enqueue(NOTIFY_TOPIC, payload, f"{key}:v{version}:{level}", now)
 
