@@ -70,7 +70,8 @@ def test_report_json_and_plot(config_dir: Path, tmp_path: Path) -> None:
     data = json.loads(body, parse_constant=no_constants)
     by_name = {s["name"]: s for s in data["slos"]}
     api = by_name["api-error-rate"]
-    assert api["firing"] == ["page", "ticket"] and api["objective"] == 0.999
+    # The page only: ~2 h of history are read as a share of the 3 d ticket window (issue 10).
+    assert api["firing"] == ["page"] and api["objective"] == 0.999
     assert api["burn_rates"]["5m"] > 14.4 and api["budget"]["remaining"] < 1
     assert api["exhaustion_at"] is not None and api["forecasts"]["1h"] is not None
     assert api["spent_per_day"] and sum(d["spent"] for d in api["spent_per_day"]) == pytest.approx(

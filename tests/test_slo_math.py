@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from watchdog.config.slo import CalendarWindow, RollingWindow
 from watchdog.core.durations import format_duration
+from watchdog.slo import messages
 from watchdog.slo.budget import budget, exhaustion_at
-from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, step_rule, window_stats
+from watchdog.slo.burn import NoDataPolicy, RuleState, WindowStats, rule_conditions, step_rule, window_stats
 from watchdog.slo.series import MISSING, TOTAL, CumulativeSeries
 from watchdog.slo.windows import calendar_month_bounds, day_starts, slo_period
 
@@ -130,6 +131,60 @@ def test_no_data_bad_counts_missing_minutes_as_bad() -> None:
     # The same window under "ignore" is nothing.
     w = stats(300.0, 0, 0, 0, 5, 0, "ignore")
     assert (w.error_ratio, w.counts) == (0.0, False)
+
+
+def test_partly_covered_window_is_read_as_a_share_of_the_budget() -> None:
+    """Data covering c seconds of a window of length L: the burn divides the bad events by the total a full
+    window would hold, total * L / c (c floored at a minute); the counts themselves are what was seen."""
+    # 1 failure among 75 results in 150 s: 13.3x observed, 0.56x over an hour, 0.09x over 6 h.
+    w = window_stats(3600.0, 74, 75, 75, 0, 3, budget_ratio=0.001, min_events=8, no_data="ignore",
+                     time_slices=False, covered=150.0)
+    assert (w.good, w.total, w.bad, w.covered) == (74, 75, 1, 150.0)
+    assert w.error_ratio == pytest.approx(1 / 75)
+    assert w.burn_rate == pytest.approx(1 / (75 * 3600 / 150) / 0.001)
+    assert w.state == "ok" and w.counts and not w.exceeds(1.0)
+    # A total outage 52 s long in a fresh hour: exactly the Workbook's 14.4x.
+    w = window_stats(3600.0, 15, 41, 41, 0, 2, budget_ratio=0.001, min_events=8, no_data="ignore",
+                     time_slices=False, covered=82.0)
+    assert w.burn_rate == pytest.approx(26 / 41 * 82 / 3600 / 0.001)
+    # Coverage under a minute counts as a minute: at most L / 60 s of extrapolation.
+    w = window_stats(3600.0, 0, 10, 10, 0, 1, budget_ratio=0.001, min_events=8, no_data="ignore",
+                     time_slices=False, covered=5.0)
+    assert w.burn_rate == pytest.approx(1000 * 60 / 3600)
+    # Fully covered (or None, or more than the window, or NaN): no normalisation.
+    for covered in (None, 3600.0, 7200.0, math.nan):
+        w = window_stats(3600.0, 985.6, 1000, 1000, 0, 60, budget_ratio=0.001, min_events=8,
+                         no_data="ignore", time_slices=False, covered=covered)
+        assert w.burn_rate == pytest.approx(14.4) and w.covered == 3600.0
+    # Time slices: 1 bad minute of 4 over an hour at 99 %: 25x observed, 1/60 of the hour's slices: 1.7x.
+    w = window_stats(3600.0, 3, 4, 120, 0, 4, budget_ratio=0.01, min_events=8, no_data="ignore",
+                     time_slices=True, covered=240.0)
+    assert w.burn_rate == pytest.approx(1 / 60 / 0.01)
+
+
+def test_rule_conditions_need_the_gate_window() -> None:
+    """A rule fires (and stays firing) only while its gate, the severity's shortest window, is over the rate
+    too: the stale errors left in a long and a 30-minute window neither hold nor re-fire it."""
+    over = stats(1800.0, 990, 1000, 1000, 0, 30)  # 10x
+    under = stats(300.0, 150, 150, 150, 0, 5)  # 0x: the errors stopped
+    also_over = stats(300.0, 148, 150, 150, 0, 5)  # 13.3x
+    assert rule_conditions(over, over, 6.0) == (True, False)
+    assert rule_conditions(over, over, 6.0, also_over) == (True, False)
+    assert rule_conditions(over, over, 6.0, under) == (False, True)
+    assert rule_conditions(over, under, 6.0, also_over) == (False, True)
+
+
+def test_incident_cost_words() -> None:
+    assert messages.incident_cost(0.041, 83, "30d", time_slices=False) == (
+        "the incident spent 4.1 % of the 30d budget (83 bad results)"
+    )
+    assert messages.incident_cost(2.34, 1, "30d", time_slices=True) == (
+        "the incident spent 2.3x the 30d budget (1 bad minute)"
+    )
+    left = "95.9% of the 30d budget left"
+    assert messages.burn_resolved("api", "page", left, "the incident spent 4.1 %") == (
+        f"api: burn rate back under the page thresholds; the incident spent 4.1 %; {left}"
+    )
 
 
 def test_rule_fires_at_once_and_resolves_after_hold() -> None:

@@ -132,8 +132,8 @@ TIME_SLICE_KINDS = frozenset({"uptime", "metric_threshold"})
 
 
 class BurnRateAlert(Strict):
-    """Fires when the burn rate exceeds ``burn_rate`` over both windows; resolves once the short window has
-    been back under it for ``resolve_after``."""
+    """Fires when the burn rate exceeds ``burn_rate`` over both windows and over the severity's shortest short
+    window; resolves once that shortest short window has been back under it for ``resolve_after``."""
 
     name: Name | None = None
     """Rule id in statuses and metrics; default ``<severity>-<long>-<short>``, e.g. ``page-1h-5m``."""
@@ -191,10 +191,11 @@ class SloConfig(Strict):
     for probes that run less than once a minute."""
     no_data_severity: Literal["page", "ticket"] = "ticket"
     resolve_after: Duration | None = None
-    """Hysteresis for every rule without its own: a firing alert resolves only after its short window has
-    stayed under the rate this long. Default: a tenth of each rule's short window (30 s for the 5-minute
-    page, 3 min for the 30-minute one, 36 min for the 6-hour ticket). The short window itself must first
-    empty of the errors, so a 14.4x page resolves about 5.5 minutes after errors stop."""
+    """Hysteresis for every rule without its own: a firing rule resolves only after the severity's shortest
+    short window has stayed under the rule's rate this long. Default: a tenth of each rule's short window
+    (30 s for the 5-minute page, 3 min for the 30-minute one, 36 min for the 6-hour ticket). The 5-minute
+    window must first empty of the errors, so a page resolves about 5.5 minutes after errors stop (about 8
+    when the 6x rule fired too)."""
 
     @model_validator(mode="after")
     def _unique_rules(self) -> SloConfig:

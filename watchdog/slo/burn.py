@@ -4,6 +4,16 @@ burn rate = error ratio / (1 - objective): 1 spends the budget exactly over the 
 of a 30-day budget in an hour. Time to fire after a step to error ratio e at objective o:
 ``window * burn_rate * (1 - o) / e`` (52 s for 14.4x over 1 h at 99.9 % with e = 100 %).
 
+A window is read as a share of the *budget*, so a window the data covers only in part is not read as a full
+one: when data (for this SLI source) begins ``c`` seconds before the window's end, ``c < length``, the burn
+rate divides the bad events by the events a full window would have held, ``total * length / c`` (the uncovered
+part is taken to have had the same traffic and no errors), with ``c`` floored at ``MIN_COVERAGE_S`` to bound
+the extrapolation. Coverage starts at the first minute with data, not at engine start: a restarted watchdog
+over a full store changes nothing, while right after a fresh start (or a state reset) one failure among 75
+results in 150 s burns 1 / (75 * 3600 / 150) / 0.001 = 0.56x over 1 h instead of 13.3x over every window.
+A total outage still fires the 14.4x / 1 h page after 52 s: the Workbook's time to fire for a full window.
+Time-slice SLIs do the same in minutes. ``error_ratio`` stays the observed bad / total.
+
 No NaN or infinity leaves this module: an empty window has error ratio 0 and state ``no_data``; every input
 is clamped to be finite and non-negative first.
 """
@@ -21,6 +31,8 @@ NoDataPolicy = Literal["ignore", "alert", "bad"]
 
 _EPS = 1e-9
 _INF = math.inf
+MIN_COVERAGE_S = 60.0
+"""Coverage below this counts as this much: a window is extrapolated at most ``length / 60 s`` times."""
 
 
 def finite(x: float, default: float = 0.0) -> float:
@@ -51,6 +63,9 @@ class WindowStats:
     state: WindowState
     counts: bool
     """Whether this window's burn rate may fire or hold an alert (guard passed, or ``no_data: bad``)."""
+    covered: float
+    """Seconds of the window covered by data (``seconds`` once data is older than the window); the burn rate
+    reads ``total * seconds / max(covered, MIN_COVERAGE_S)`` events as the window's expected total."""
 
     @property
     def label(self) -> str:
@@ -75,8 +90,13 @@ def window_stats(
     min_events: int,
     no_data: NoDataPolicy,
     time_slices: bool,
+    covered: float | None = None,
 ) -> WindowStats:
-    """Counts of a window -> burn rate, applying the no-data policy and the low-traffic guard.
+    """Counts of a window -> burn rate, applying the no-data policy, the coverage normalisation and the
+    low-traffic guard.
+
+    ``covered``: seconds of the window since data began (None: all of it). Under ``seconds`` the burn rate is
+    normalised by the expected total ``total * seconds / max(covered, MIN_COVERAGE_S)`` (module docstring).
 
     ``no_data: bad``: a missing minute is a bad slice (time-slice SLIs) or that many bad events as an
     average minute with data in the window had (event SLIs; 1 when the window has no data at all), so a dead
@@ -104,7 +124,14 @@ def window_stats(
     error_ratio = (total - good) / total if total > _EPS else 0.0
     if not 0.0 <= error_ratio <= 1.0:
         error_ratio = 1.0 if error_ratio > 1.0 else 0.0
-    burn = error_ratio / budget_ratio if budget_ratio > 0 else 0.0
+    if covered is None or not covered < seconds:  # NaN reads as fully covered
+        covered = seconds
+        share = 1.0
+    else:
+        covered = max(covered, 0.0)
+        share = max(covered, MIN_COVERAGE_S) / seconds if seconds > 0 else 1.0
+        share = min(share, 1.0)
+    burn = error_ratio * share / budget_ratio if budget_ratio > 0 else 0.0
     if not burn < _INF:  # pragma: no cover - objective < 100 keeps budget_ratio well above 0
         burn = 1e15
     if events <= _EPS:
@@ -114,7 +141,7 @@ def window_stats(
     else:
         state = "ok"
     counts = state == "ok" or (no_data == "bad" and missing > _EPS)
-    return WindowStats(seconds, good, total, events, missing, error_ratio, burn, state, counts)
+    return WindowStats(seconds, good, total, events, missing, error_ratio, burn, state, counts, covered)
 
 
 @dataclass(slots=True)
@@ -129,10 +156,18 @@ class RuleState:
 Transition = Literal["fired", "resolved"]
 
 
-def rule_conditions(long: WindowStats, short: WindowStats, rate: float) -> tuple[bool, bool]:
-    """(fire, clear): fire when both windows exceed the rate; clear when the short window (or the long one)
-    is back under it or no longer counts."""
-    fire = long.exceeds(rate) and short.exceeds(rate)
+def rule_conditions(
+    long: WindowStats, short: WindowStats, rate: float, gate: WindowStats | None = None
+) -> tuple[bool, bool]:
+    """(fire, clear): fire when both windows exceed the rate and so does ``gate`` (the severity's shortest
+    short window: the errors are still happening); clear otherwise.
+
+    So a firing rule resolves once the gate window has been back under *its* rate for ``resolve_after``
+    (the 6x / 6 h-30 m page 5 minutes after the errors stop, not 30: its 30-minute window would hold them
+    that long), while a sustained burn over the rate keeps it over in every window. Firing needs the gate
+    too, so the stale errors still in the long and short windows cannot fire the rule again after it
+    resolved. A gate with too few events to count is not used (the caller passes ``short`` or None)."""
+    fire = long.exceeds(rate) and short.exceeds(rate) and (gate is None or gate.exceeds(rate))
     return fire, not fire
 
 

@@ -47,7 +47,7 @@ from watchdog.slo.model import (
     Severity,
     SloStatus,
 )
-from watchdog.slo.series import DATA, GOOD, MISSING, TOTAL, CumulativeSeries, Values
+from watchdog.slo.series import DATA, EVENTS, GOOD, MISSING, TOTAL, CumulativeSeries, Values
 from watchdog.slo.sli import source_key
 from watchdog.slo.windows import Period, day_starts, minute_of, slo_period
 from watchdog.store.base import MinuteAggregate, ObservationMinute
@@ -83,12 +83,17 @@ class _Source:
         """Empty minutes tolerated before minutes count as missing (``no_data_after`` // 60)."""
         self.series = CumulativeSeries(0, 60, 64)
         self.last_data: int | None = None
+        self.first_data: int | None = None
+        """The first minute with data in the loaded span: where windows start being covered."""
+        self.first_missing: int | None = None
+        """The first minute counted missing (``no_data: bad`` covers from there too)."""
         self._recent: list[int] = []
         self._older: int | None = None
 
     def reset(self, origin: int, span_minutes: int, fine_minutes: int) -> None:
         self.series = CumulativeSeries(origin, span_minutes, fine_minutes)
         self.last_data = None
+        self.first_data = self.first_missing = None
         self._recent = []
         self._older = None
 
@@ -96,6 +101,10 @@ class _Source:
         self.series.rewind(boundary)
         self._recent = [m for m in self._recent if m < boundary]
         self.last_data = self._recent[-1] if self._recent else self._older
+        if self.first_data is not None and self.first_data >= boundary:
+            self.first_data = None
+        if self.first_missing is not None and self.first_missing >= boundary:
+            self.first_missing = None
 
     def add(self, start: int, current: int, good: Column, total: Column, events: Column,
             cache: ColumnCache, watch_start: int) -> None:
@@ -107,6 +116,10 @@ class _Source:
                                                  watch_start)
         missing, data, data_minutes = gaps
         self.series.extend((good, total, events, missing, data), cache.prefixes)
+        if self.first_data is None and data_minutes:
+            self.first_data = start + data.index(1.0)
+        if self.first_missing is None and missing is not None:
+            self.first_missing = start + missing.index(1.0)
         if data_minutes:
             self.last_data = data_minutes[-1]
             recent = self._recent
@@ -122,6 +135,9 @@ class _Rule:
     rule_id: str
     hold: float
     min_events: int
+    gate: float = 0.0
+    """The severity's shortest short window: the rule fires and stays firing only while it is over the rate
+    too (``burn.rule_conditions``)."""
     state: RuleState = field(default_factory=RuleState)
 
 
@@ -147,7 +163,13 @@ class _Slo:
         self.window_lengths = sorted(lengths)
         self.labels = {w: format_duration(w) for w in self.window_lengths}
         self.by_severity = {sev: [r for r in self.rules if r.cfg.severity == sev] for sev in SEVERITIES}
+        for mine in self.by_severity.values():
+            gate = min((r.cfg.short_window for r in mine), default=0.0)
+            for r in mine:
+                r.gate = gate
         self.firing: dict[str, bool] = {"page": False, "ticket": False, "no_data": False}
+        self.cost_from: dict[str, float] = {}
+        """Per firing severity: where the incident's cost is counted from (``_burn_signal``)."""
         self._month: tuple[float, float] | None = None
         w = cfg.window
         self._rolling_length = w.length if w.kind == "rolling" else 0.0
@@ -253,6 +275,7 @@ class SloEngine:
             if restored is None or severity not in restored.firing:
                 continue
             restored.firing[severity] = True
+            restored.cost_from[severity] = self._started_at
             for rule in restored.rules:
                 if rule.cfg.severity == severity:
                     rule.state.firing, rule.state.since = True, self._started_at
@@ -463,15 +486,30 @@ class SloEngine:
     @staticmethod
     def _burn_signal(
         slo: _Slo, severity: Severity, mine: list[_Rule], stats: Mapping[float, WindowStats], bud: Budget,
-        period: Period, now: float,
+        period: Period, now: float, end: float, end_vals: Values,
     ) -> AlertSignal:
+        """The transition of one severity. Its cost is what was spent from ``cost_from``: the start of the
+        leading rule's short window when it fired (the errors that fired it, not only those after: a 59 s
+        outage fires the 14.4x page after 52 s), or engine start for an incident restored from the store."""
         name, labels = slo.cfg.name, slo.labels
+        firing = [r for r in mine if r.state.firing]
+        if firing:
+            slo.cost_from[severity] = end - firing[0].cfg.short_window
+        since = slo.cost_from.get(severity, end)
+        if not firing:
+            slo.cost_from.pop(severity, None)
+        v = slo.source.series.at(since)
+        spent = window_stats(max(0.0, end - since), end_vals[GOOD] - v[GOOD], end_vals[TOTAL] - v[TOTAL],
+                             end_vals[EVENTS] - v[EVENTS], end_vals[MISSING] - v[MISSING],
+                             end_vals[DATA] - v[DATA], slo.budget_ratio, 0, slo.no_data,
+                             slo.source.time_slices)
+        bad = spent.bad
+        share = bad / bud.allowed if bud.allowed > 0 else 0.0
         rates: dict[str, float] = {}
         for r in mine:
             rates[labels[r.cfg.long_window]] = stats[r.cfg.long_window].burn_rate
             rates[labels[r.cfg.short_window]] = stats[r.cfg.short_window].burn_rate
         left = messages.budget_left(bud.remaining, period.label)
-        firing = [r for r in mine if r.state.firing]
         if firing:
             lead = firing[0].cfg
             lw, sw = lead.long_window, lead.short_window
@@ -486,10 +524,11 @@ class SloEngine:
                 left,
             )
             return AlertSignal(name, severity, "firing", rates, now, summary, "burn_rate",
-                               tuple(r.rule_id for r in firing))
-        summary = messages.burn_resolved(name, severity, left)
+                               tuple(r.rule_id for r in firing), since, bad, share)
+        cost = messages.incident_cost(share, bad, period.label, slo.source.time_slices)
+        summary = messages.burn_resolved(name, severity, left, cost)
         return AlertSignal(name, severity, "resolved", rates, now, summary, "burn_rate",
-                           tuple(r.rule_id for r in mine))
+                           tuple(r.rule_id for r in mine), since, bad, share)
 
     def _evaluate_slo(self, slo: _Slo, now: float, current: int, signals: list[AlertSignal]) -> SloStatus:
         src = slo.source
@@ -509,13 +548,20 @@ class SloEngine:
         labels = slo.labels
         stats: dict[float, WindowStats] = {}
         windows: dict[str, WindowStats] = {}
+        # Coverage (burn.py): windows reaching back before the source's first data are normalised.
+        first = src.first_data
+        if policy == "bad" and src.first_missing is not None and (first is None or src.first_missing < first):
+            first = src.first_missing
+        covered_from = first * 60.0 if first is not None else -math.inf
+        if first == self._start_minute:  # data began while this engine watched: not before it started
+            covered_from = max(covered_from, self._started_at)
         for w in slo.window_lengths:
             t = end - w
             v = seen.get(t)
             if v is None:
                 v = seen[t] = series.at(t)
             ws = window_stats(w, e0 - v[0], e1 - v[1], e2 - v[2], e3 - v[3], e4 - v[4], ratio, min_events,
-                              policy, slices)
+                              policy, slices, end - covered_from if covered_from > t else None)
             stats[w] = ws
             windows[labels[w]] = ws
         period = slo.period(end)
@@ -540,28 +586,36 @@ class SloEngine:
         rule_statuses: list[RuleStatus] = []
         for rule in slo.rules:
             a = rule.cfg
-            long, short = stats[a.long_window], stats[a.short_window]
+            long, short, gate = stats[a.long_window], stats[a.short_window], stats[rule.gate]
             if rule.min_events != min_events:
                 long_ok = _counts(long, rule.min_events, policy)
                 short_ok = _counts(short, rule.min_events, policy)
-                fire = long_ok and short_ok and long.burn_rate > a.burn_rate and short.burn_rate > a.burn_rate
+                gate_ok = _counts(gate, rule.min_events, policy)
+                if not gate_ok:  # too quiet to tell: the rule's own short window decides alone
+                    gate, gate_ok = short, short_ok
+                fire = (long_ok and short_ok and gate_ok and long.burn_rate > a.burn_rate
+                        and short.burn_rate > a.burn_rate and gate.burn_rate > a.burn_rate)
                 clear = not fire
             else:
                 long_ok, short_ok = long.counts, short.counts
-                fire, clear = rule_conditions(long, short, a.burn_rate)
+                if not gate.counts:
+                    gate = short
+                gate_ok = gate.counts
+                fire, clear = rule_conditions(long, short, a.burn_rate, gate)
             state = rule.state
             step_rule(state, fire=fire, clear=clear, now=now, hold=rule.hold)
             rule_statuses.append(
                 RuleStatus(rule.rule_id, a.severity, a.burn_rate, labels[a.long_window],
                            labels[a.short_window], long.burn_rate, short.burn_rate, long_ok, short_ok,
-                           state.firing, state.since, state.clear_since)
+                           state.firing, state.since, state.clear_since, labels[gate.seconds],
+                           gate.burn_rate, gate_ok, rule.hold)
             )
 
         for severity, mine in slo.by_severity.items():
             is_firing = any(r.state.firing for r in mine)
             if is_firing != slo.firing[severity]:
                 slo.firing[severity] = is_firing
-                signals.append(self._burn_signal(slo, severity, mine, stats, bud, period, now))
+                signals.append(self._burn_signal(slo, severity, mine, stats, bud, period, now, end, end_vals))
 
         # No data.
         last_data_at = (src.last_data + 1) * 60.0 if src.last_data is not None else None

@@ -53,8 +53,24 @@ def burn_firing(
     )
 
 
-def burn_resolved(slo: str, severity: str, left: str) -> str:
-    return f"{slo}: burn rate back under the {severity} thresholds; {left}"
+def incident_cost(share: float, bad: float, window_label: str, time_slices: bool) -> str:
+    """What an incident cost: ``the incident spent 4.1 % of the 30d budget (83 bad results)``."""
+    unit = "minutes" if time_slices else "results"
+    if unit == "results" and _count(bad) == "1":
+        unit = "result"
+    elif unit == "minutes" and _count(bad) == "1":
+        unit = "minute"
+    what = f"({_count(bad)} bad {unit})"
+    if share < 1.0:
+        return f"the incident spent {share * 100:.1f} % of the {window_label} budget {what}"
+    # Past the whole budget (a young window allows little): "2.3x the budget", as ``budget_state`` words it.
+    return f"the incident spent {burn_rate(share)} the {window_label} budget {what}"
+
+
+def burn_resolved(slo: str, severity: str, left: str, cost: str | None = None) -> str:
+    """``api: burn rate back under the page thresholds; the incident spent ...; 95.9% of ... left``."""
+    spent = "" if cost is None else f"; {cost}"
+    return f"{slo}: burn rate back under the {severity} thresholds{spent}; {left}"
 
 
 def no_data_firing(slo: str, probe: str, silent_for_s: float | None) -> str:
@@ -70,12 +86,15 @@ def no_data_resolved(slo: str, probe: str) -> str:
 
 
 def _over(rule: RuleStatus) -> bool:
-    """The rule's fire condition as the engine decides it: both windows count and exceed the rate."""
+    """The rule's fire condition as the engine decides it: its windows (both, and the resolve window) count
+    and exceed the rate."""
     return (
         rule.long_counts
         and rule.short_counts
+        and rule.resolve_counts
         and rule.long_burn_rate > rule.burn_rate
         and rule.short_burn_rate > rule.burn_rate
+        and rule.resolve_burn_rate > rule.burn_rate
     )
 
 
@@ -120,14 +139,17 @@ def budget_words(status: SloStatus) -> str:
     )
 
 
-def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | None) -> str:
+def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | None = None) -> str:
     """What a rule sees and, when it fires, what resolves it, from the engine's own status.
 
     A firing rule resolves once its fire condition has been false for ``resolve_after`` (the engine's
-    hysteresis; the status does not carry it, so the caller passes it from the config). Errors in the
-    short window leave it within that window's length, so with no new errors a rule resolves at the latest
-    one short window plus ``resolve_after`` from now.
+    hysteresis, ``rule.resolve_after`` unless the caller passes one). The condition needs the rule's resolve
+    window (the severity's shortest short window) over the rate, and errors leave that window within its
+    length, so with no new errors a rule resolves at the latest one resolve window plus ``resolve_after``
+    from now.
     """
+    if resolve_after_s is None:
+        resolve_after_s = rule.resolve_after
     unit = _unit(status)
     rate = burn_rate(rule.burn_rate)
     if not rule.firing:
@@ -136,20 +158,24 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
             f" {rule.short_window} at {burn_rate(rule.short_burn_rate)}; fires above {rate} over both)"
         )
     if rule.clear_since is None:
-        short = status.windows.get(rule.short_window)
-        contents = "errors" if short is None else f"{_count(short.bad)} bad of {_count(short.total)} {unit}"
-        hold = "" if resolve_after_s is None else f" for {format_duration(resolve_after_s)}"
+        gate = status.windows.get(rule.resolve_window)
+        contents = "errors" if gate is None else f"{_count(gate.bad)} bad of {_count(gate.total)} {unit}"
+        hold = f" for {format_duration(resolve_after_s)}"
         text = (
-            f"{rule.rule}: its {rule.short_window} window still holds {contents}"
-            f" (burn {burn_rate(rule.short_burn_rate)}, over {rate}); it resolves once that window has stayed"
-            f" under {rate}{hold}"
+            f"{rule.rule}: its {rule.resolve_window} window still holds {contents}"
+            f" (burn {burn_rate(rule.resolve_burn_rate)}, over {rate}); it resolves once that window has"
+            f" stayed under {rate}{hold}"
         )
         bound = _resolve_bound(status, rule, resolve_after_s)
         if bound is not None:
             text += f", at the latest {human_duration(bound)} from now if no new errors come"
         return text
     # Clearing: the condition is false (a window under the rate, or too quiet to count) since clear_since.
-    if not rule.short_counts:
+    if not rule.resolve_counts:
+        why = f"its {rule.resolve_window} window has too few {unit} to count"
+    elif rule.resolve_burn_rate <= rule.burn_rate:
+        why = f"its {rule.resolve_window} window is back under {rate} ({burn_rate(rule.resolve_burn_rate)})"
+    elif not rule.short_counts:
         why = f"its {rule.short_window} window has too few {unit} to count"
     elif rule.short_burn_rate <= rule.burn_rate:
         why = f"its {rule.short_window} window is back under {rate} ({burn_rate(rule.short_burn_rate)})"
@@ -158,7 +184,7 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
     else:
         why = f"its {rule.long_window} window is back under {rate} ({burn_rate(rule.long_burn_rate)})"
     bound = _resolve_bound(status, rule, resolve_after_s)
-    if bound is None or resolve_after_s is None:
+    if bound is None:
         return f"{rule.rule}: resolving, {why}; it resolves once that has held long enough"
     return (
         f"{rule.rule}: resolving, {why}; it resolves in {human_duration(bound)} if that holds"
@@ -169,16 +195,21 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
 def _resolve_bound(status: SloStatus, rule: RuleStatus, resolve_after_s: float | None) -> float | None:
     """Seconds until a firing rule resolves at the latest, if no new errors come (None: unknown)."""
     if resolve_after_s is None:
-        return None
+        resolve_after_s = rule.resolve_after
     if rule.clear_since is not None:
         return max(0.0, resolve_after_s - (status.evaluated_at - rule.clear_since))
-    short = status.windows.get(rule.short_window)
-    return None if short is None else short.seconds + resolve_after_s
+    gate = status.windows.get(rule.resolve_window)
+    return None if gate is None else gate.seconds + resolve_after_s
 
 
-def explain_severity(status: SloStatus, severity: str, resolve_after: Mapping[str, float]) -> list[str]:
+def explain_severity(
+    status: SloStatus, severity: str, resolve_after: Mapping[str, float] | None = None
+) -> list[str]:
     """Why an SLO's page (or ticket) still fires: a headline, then one line per firing rule; [] when it does
-    not fire. ``resolve_after``: each rule's hysteresis hold in seconds, by rule id."""
+    not fire. ``resolve_after``: hysteresis holds in seconds by rule id, overriding the statuses' own
+    ``RuleStatus.resolve_after`` (which is what the engine uses; callers need not pass it)."""
+    if resolve_after is None:
+        resolve_after = {}
     if severity not in status.firing:
         return []
     rules = [r for r in status.rules if r.severity == severity and r.firing]
@@ -220,7 +251,7 @@ def explain_state(status: SloStatus) -> str:
 NO_DATA_FIRING = "no-data alert firing: the probe has been silent for longer than no_data_after"
 
 
-def explain(status: SloStatus, resolve_after: Mapping[str, float]) -> list[str]:
+def explain(status: SloStatus, resolve_after: Mapping[str, float] | None = None) -> list[str]:
     """An SLO in plain words: its state and why, then why each of its alerts still fires."""
     lines = [explain_state(status)]
     for severity in ("page", "ticket"):

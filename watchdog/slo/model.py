@@ -29,6 +29,13 @@ class AlertSignal:
     reason: SignalReason = "burn_rate"
     rules: tuple[str, ...] = ()
     """Rules firing (for ``firing``) or that were firing (for ``resolved``), e.g. ``("page-1h-5m",)``."""
+    since: float | None = None
+    """Where the incident's cost is counted from: the leading rule's short window when it fired (engine
+    start for an incident restored after a restart). None for no-data signals."""
+    bad: float | None = None
+    """Bad events (or minutes) since ``since``: so far (``firing``) or the incident's whole cost."""
+    budget_spent: float | None = None
+    """``bad`` as a share of the SLO window's budget (0.041: 4.1 %)."""
 
     @property
     def dedup_key(self) -> str:
@@ -44,6 +51,9 @@ class AlertSignal:
             "burn_rates": dict(self.burn_rates),
             "at": self.at,
             "summary": self.summary,
+            "since": self.since,
+            "bad": self.bad,
+            "budget_spent": self.budget_spent,
         }
 
 
@@ -62,6 +72,15 @@ class RuleStatus:
     firing: bool
     since: float | None
     clear_since: float | None
+    resolve_window: str
+    """The window that must show the burn for the rule to fire and stay firing: the severity's shortest short
+    window (``"5m"`` for both page rules), or the rule's own short one when that has too few events to
+    count. A firing rule resolves once this (or another of its windows) has been under the rate for
+    ``resolve_after``."""
+    resolve_burn_rate: float
+    resolve_counts: bool
+    resolve_after: float
+    """The hysteresis hold in seconds."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +96,10 @@ class RuleStatus:
             "firing": self.firing,
             "since": self.since,
             "clear_since": self.clear_since,
+            "resolve_window": self.resolve_window,
+            "resolve_burn_rate": self.resolve_burn_rate,
+            "resolve_counts": self.resolve_counts,
+            "resolve_after": self.resolve_after,
         }
 
 
