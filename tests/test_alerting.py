@@ -117,12 +117,18 @@ async def test_ticket_signals_only_reach_ticket_alerts(tmp_path: Path, config: W
     await store.open()
     manager = IncidentManager(config, store, clock)
     assert await manager.handle_slo_signals([_signal("firing", clock.now(), severity="ticket")]) == []
-    latency = AlertSignal(
-        slo="api-latency", severity="ticket", state="firing", burn_rates={}, at=0, summary=""
-    )
-    moved = await manager.handle_slo_signals([latency])
-    assert [t.key for t in moved] == ["alert:api-latency-burn"]
-    assert await manager.open_slo_incidents() == [("api-latency", "ticket")]
+    cpu = AlertSignal(slo="db-cpu", severity="ticket", state="firing", burn_rates={}, at=0, summary="")
+    moved = await manager.handle_slo_signals([cpu])
+    assert [t.key for t in moved] == ["alert:db-cpu-burn"]
+    assert await manager.open_slo_incidents() == [("db-cpu", "ticket")]
+    # A latency breach pages (issue 10: the seed's P95 limits must page); its ticket signal reaches no alert.
+    def latency(severity: Severity) -> AlertSignal:
+        return AlertSignal(
+            slo="api-latency", severity=severity, state="firing", burn_rates={}, at=0, summary=""
+        )
+
+    assert await manager.handle_slo_signals([latency("ticket")]) == []
+    assert [t.key for t in await manager.handle_slo_signals([latency("page")])] == ["alert:api-latency-burn"]
     await store.close()
 
 

@@ -26,6 +26,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from watchdog.config.alerts import SloAlert
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.core.shared_call import SharedCall
 from watchdog.probes.base import Probe
@@ -97,6 +98,7 @@ class Daemon:
         self._store_ping = SharedCall(self.store.ping)
         self._store_latest = SharedCall(self.store.latest)
         self._snapshot_read_at = self.clock.now()
+        self._alerted_slos = {a.slo for a in self.config.alerts if isinstance(a, SloAlert)}
 
     @property
     def is_leader(self) -> bool:
@@ -247,13 +249,17 @@ class Daemon:
             evaluation = await self.slo_engine.evaluate()
             signals = evaluation.signals
             for signal in signals:
-                _log.warning(
-                    "SLO %s %s %s: %s",
+                # A signal no alert uses pages nobody: say so, at INFO, instead of a "firing" warning.
+                used = signal.slo in self._alerted_slos
+                _log.log(
+                    logging.WARNING if used else logging.INFO,
+                    "SLO %s %s %s: %s%s",
                     signal.slo,
                     signal.severity,
                     signal.state,
                     signal.summary,
-                    extra={"slo": signal.slo, "signal": signal.to_dict()},
+                    "" if used else " (no alert uses this SLO: nobody is paged)",
+                    extra={"slo": signal.slo, "signal": signal.to_dict(), "alerted": used},
                 )
         if not self.is_leader:
             return
