@@ -128,21 +128,23 @@ async def test_state_words() -> None:
     assert messages.explain_state(evaluation.status("burst")).startswith("burning: page-1h-5m")
     assert messages.explain_state(evaluation.status("silent")) == "no data: no results in the 30d window yet"
     assert messages.explain_state(evaluation.status("healthy")) == "ok: 30d budget 100.0 % left"
-    assert messages.explain_severity(evaluation.status("healthy"), "page", {}) == []  # nothing to explain
+    assert messages.explain_severity(evaluation.status("healthy"), "page") == []  # nothing to explain
 
 
 # -- why an alert still fires -----------------------------------------------------------------------
 
 
 async def test_why_a_page_still_fires_and_what_resolves_it() -> None:
-    holds = demo_cli.resolve_after_by_rule(slo())
-    assert holds == {"page-1h-5m": 30.0, "page-6h-30m": 180.0, "ticket-3d-6h": 2160.0}
     run = Run([slo()])
     await run.backfill(7 * 3600, lambda t: True, step=5.0)
     await run.run(150, ok=False)  # 30 failures: both page rules fire
     status = (await run.run(60, ok=True)).status("api")  # errors stopped a minute ago
     assert status.firing == ("page",)
-    head, fast, slow = messages.explain_severity(status, "page", holds)
+    # The engine's own holds: a tenth of each rule's short window.
+    assert {r.rule: r.resolve_after for r in status.rules} == {
+        "page-1h-5m": 30.0, "page-6h-30m": 180.0, "ticket-3d-6h": 2160.0
+    }
+    head, fast, slow = messages.explain_severity(status, "page")
     assert head == (
         "page still firing: page-1h-5m, page-6h-30m still see the errors; it resolves when the last of its"
         " rules does, at the latest 8.0 min from now if no new errors come"
@@ -168,12 +170,12 @@ async def test_why_a_page_still_fires_and_what_resolves_it() -> None:
     status = (await run.run(10, ok=True)).status("api")
     rule = rule_named(status, "page-1h-5m")
     assert rule.firing and rule.clear_since == status.evaluated_at - 10
-    text = messages.explain_rule(status, rule, 30.0)
+    text = messages.explain_rule(status, rule)
     assert re.fullmatch(r"page-1h-5m: resolving, its 5m window is back under 14\.4x \((\d+\.\d)x\);"
                         r" it resolves in 20\.0 s if that holds \(30s in a row\)", text), text
     status = (await run.run(20, ok=True)).status("api")
     assert not rule_named(status, "page-1h-5m").firing and "page" in status.firing
-    head, only = messages.explain_severity(status, "page", holds)
+    head, only = messages.explain_severity(status, "page")
     assert head == (
         "page still firing, resolving: its rules are back under their rates, at the latest 2.6 min from now"
         " if no new errors come"

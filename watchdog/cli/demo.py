@@ -23,7 +23,6 @@ from rich.text import Text
 
 from watchdog.cli.slo_report import STATE_STYLES
 from watchdog.config import ConfigError, WatchdogConfig, load_config
-from watchdog.config.slo import SloConfig
 from watchdog.core.clock import SystemClock
 from watchdog.core.logs import configure_logging
 from watchdog.core.results import parse_series_key
@@ -99,22 +98,7 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
     return status
 
 
-def resolve_after_by_rule(slo: SloConfig) -> dict[str, float]:
-    """Each rule's hysteresis hold in seconds, derived as the engine does (``RuleStatus`` does not carry
-    it): the rule's ``resolve_after``, else the SLO's, else a tenth of the short window."""
-    holds: dict[str, float] = {}
-    for alert in slo.alerts:
-        if alert.resolve_after is not None:
-            holds[alert.rule_id] = alert.resolve_after
-        elif slo.resolve_after is not None:
-            holds[alert.rule_id] = slo.resolve_after
-        else:
-            holds[alert.rule_id] = alert.short_window / 10.0
-    return holds
-
-
-def incident_why(incident: Incident, statuses: Mapping[str, SloStatus],
-                 holds: Mapping[str, Mapping[str, float]]) -> str:
+def incident_why(incident: Incident, statuses: Mapping[str, SloStatus]) -> str:
     """Why a firing SLO incident is still open, in one line ("" for others: probe alerts say it in their
     summary, and a resolved incident needs no reason)."""
     if incident.state != "firing":
@@ -125,13 +109,13 @@ def incident_why(incident: Incident, statuses: Mapping[str, SloStatus],
     if status is None or incident.key.endswith(":no_data"):
         return ""
     severity = "ticket" if incident.data.get("severity") == "ticket" else "page"
-    lines = explain_severity(status, severity, holds.get(status.name, {}))
+    lines = explain_severity(status, severity)
     if not lines:
         return "no rule fires any more: the next evaluation resolves it"
     return lines[0]
 
 
-def render_slos(statuses: Sequence[SloStatus], holds: Mapping[str, Mapping[str, float]]) -> Group:
+def render_slos(statuses: Sequence[SloStatus]) -> Group:
     """Each SLO's state word, budget and why its alerts still fire, as indented lines (wrapped lines keep
     their indent)."""
     parts: list[RenderableType] = []
@@ -150,7 +134,7 @@ def render_slos(statuses: Sequence[SloStatus], holds: Mapping[str, Mapping[str, 
         parts.append(head)
         line(explain_state(status), 2)
         for severity in ("page", "ticket"):
-            for depth, text in enumerate(explain_severity(status, severity, holds.get(status.name, {}))):
+            for depth, text in enumerate(explain_severity(status, severity)):
                 line(text, 4 if depth else 2)
         if "no_data" in status.firing:
             line(NO_DATA_FIRING, 2)
@@ -203,7 +187,6 @@ async def report_summary(config: WatchdogConfig, console: Console) -> None:
             )
         console.print(table)
         statuses = await _slo_statuses(config, store) if config.slos else []
-        holds = {slo.name: resolve_after_by_rule(slo) for slo in config.slos}
         by_name = {s.name: s for s in statuses}
         incidents = await store.list_incidents()
         if incidents:
@@ -216,13 +199,13 @@ async def report_summary(config: WatchdogConfig, console: Console) -> None:
                     incident.state,
                     str(incident.data.get("severity", "")),
                     str(incident.data.get("summary", "")),
-                    incident_why(incident, by_name, holds),
+                    incident_why(incident, by_name),
                 )
             console.print(table)
         if statuses:
             console.print("[bold]SLOs when the demo ended[/] [dim](evaluated afresh from the state store;"
                           " open incidents carried over, as after a restart)[/]")
-            console.print(render_slos(statuses, holds), highlight=False)
+            console.print(render_slos(statuses), highlight=False)
         examples: dict[tuple[str, str], str] = {}
         for r in await store.recent(limit=5000):
             if r.outcome.value != "ok":
@@ -276,4 +259,4 @@ def demo(duration: float, workdir: Path | None, listen: str, json_logs: bool) ->
         sys.exit(asyncio.run(_run_demo(duration, Path(tmp), listen, console)))
 
 
-__all__ = ["demo", "demo_config_dir", "report_summary", "resolve_after_by_rule"]
+__all__ = ["demo", "demo_config_dir", "report_summary"]

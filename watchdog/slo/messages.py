@@ -7,7 +7,6 @@ left"; the exact numbers stay in the JSON report and on /metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 from watchdog.config.slo import TIME_SLICE_KINDS
@@ -139,17 +138,16 @@ def budget_words(status: SloStatus) -> str:
     )
 
 
-def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | None = None) -> str:
+def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
     """What a rule sees and, when it fires, what resolves it, from the engine's own status.
 
-    A firing rule resolves once its fire condition has been false for ``resolve_after`` (the engine's
-    hysteresis, ``rule.resolve_after`` unless the caller passes one). The condition needs the rule's resolve
+    A firing rule resolves once its fire condition has been false for ``rule.resolve_after`` (the engine's
+    hysteresis). The condition needs the rule's resolve
     window (the severity's shortest short window) over the rate, and errors leave that window within its
     length, so with no new errors a rule resolves at the latest one resolve window plus ``resolve_after``
     from now.
     """
-    if resolve_after_s is None:
-        resolve_after_s = rule.resolve_after
+    resolve_after_s = rule.resolve_after
     unit = _unit(status)
     rate = burn_rate(rule.burn_rate)
     if not rule.firing:
@@ -166,7 +164,7 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
             f" (burn {burn_rate(rule.resolve_burn_rate)}, over {rate}); it resolves once that window has"
             f" stayed under {rate}{hold}"
         )
-        bound = _resolve_bound(status, rule, resolve_after_s)
+        bound = _resolve_bound(status, rule)
         if bound is not None:
             text += f", at the latest {human_duration(bound)} from now if no new errors come"
         return text
@@ -183,7 +181,7 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
         why = f"its {rule.long_window} window has too few {unit} to count"
     else:
         why = f"its {rule.long_window} window is back under {rate} ({burn_rate(rule.long_burn_rate)})"
-    bound = _resolve_bound(status, rule, resolve_after_s)
+    bound = _resolve_bound(status, rule)
     if bound is None:
         return f"{rule.rule}: resolving, {why}; it resolves once that has held long enough"
     return (
@@ -192,24 +190,17 @@ def explain_rule(status: SloStatus, rule: RuleStatus, resolve_after_s: float | N
     )
 
 
-def _resolve_bound(status: SloStatus, rule: RuleStatus, resolve_after_s: float | None) -> float | None:
+def _resolve_bound(status: SloStatus, rule: RuleStatus) -> float | None:
     """Seconds until a firing rule resolves at the latest, if no new errors come (None: unknown)."""
-    if resolve_after_s is None:
-        resolve_after_s = rule.resolve_after
     if rule.clear_since is not None:
-        return max(0.0, resolve_after_s - (status.evaluated_at - rule.clear_since))
+        return max(0.0, rule.resolve_after - (status.evaluated_at - rule.clear_since))
     gate = status.windows.get(rule.resolve_window)
-    return None if gate is None else gate.seconds + resolve_after_s
+    return None if gate is None else gate.seconds + rule.resolve_after
 
 
-def explain_severity(
-    status: SloStatus, severity: str, resolve_after: Mapping[str, float] | None = None
-) -> list[str]:
+def explain_severity(status: SloStatus, severity: str) -> list[str]:
     """Why an SLO's page (or ticket) still fires: a headline, then one line per firing rule; [] when it does
-    not fire. ``resolve_after``: hysteresis holds in seconds by rule id, overriding the statuses' own
-    ``RuleStatus.resolve_after`` (which is what the engine uses; callers need not pass it)."""
-    if resolve_after is None:
-        resolve_after = {}
+    not fire."""
     if severity not in status.firing:
         return []
     rules = [r for r in status.rules if r.severity == severity and r.firing]
@@ -223,11 +214,11 @@ def explain_severity(
         head = f"{severity} still firing, resolving: its rules are back under their rates"
     if len(rules) > 1:
         head += "; it resolves when the last of its rules does"
-    bounds = [_resolve_bound(status, r, resolve_after.get(r.rule)) for r in rules]
+    bounds = [_resolve_bound(status, r) for r in rules]
     known = [b for b in bounds if b is not None]
     if known and len(known) == len(bounds):
         head += f", at the latest {human_duration(max(known))} from now if no new errors come"
-    return [head, *(explain_rule(status, r, resolve_after.get(r.rule)) for r in rules)]
+    return [head, *(explain_rule(status, r) for r in rules)]
 
 
 def explain_state(status: SloStatus) -> str:
@@ -251,11 +242,11 @@ def explain_state(status: SloStatus) -> str:
 NO_DATA_FIRING = "no-data alert firing: the probe has been silent for longer than no_data_after"
 
 
-def explain(status: SloStatus, resolve_after: Mapping[str, float] | None = None) -> list[str]:
+def explain(status: SloStatus) -> list[str]:
     """An SLO in plain words: its state and why, then why each of its alerts still fires."""
     lines = [explain_state(status)]
     for severity in ("page", "ticket"):
-        lines.extend(explain_severity(status, severity, resolve_after))
+        lines.extend(explain_severity(status, severity))
     if "no_data" in status.firing:
         lines.append(NO_DATA_FIRING)
     return lines
