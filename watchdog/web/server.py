@@ -27,6 +27,8 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from watchdog.config.types import parse_listen_address
+
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 256
@@ -139,11 +141,6 @@ class _InLoopServer(uvicorn.Server):
         yield
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class HttpServer:
     """``own_thread`` (default): serve from a dedicated thread and event loop; False serves on the caller's
     loop (for embedding where no thread is wanted)."""
@@ -158,7 +155,8 @@ class HttpServer:
         fd_reserve: int = 256,
         own_thread: bool = True,
     ) -> None:
-        self._host, self._port = parse_listen(listen)
+        host, self._port = parse_listen_address(listen)  # ValueError for a bad one (config checks it first)
+        self._host = host or "0.0.0.0"
         self.max_connections = connection_budget(max_connections, fd_reserve)
         self._protocol = _protocol_class(self.max_connections, header_timeout_s)
         self._server = _InLoopServer(
