@@ -71,9 +71,10 @@ async def hanging_server() -> AsyncIterator[str]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
-        with suppress(Exception):
-            while await reader.read(65536):
-                pass
+        with suppress(Exception):  # read and discard until the client goes away; never answer
+            while True:
+                if not await reader.read(65536):
+                    break
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

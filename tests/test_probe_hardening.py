@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,23 +311,23 @@ async def strict_server() -> AsyncIterator[str]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
-                request_line, *header_lines = head.strip().split("\r\n")
-                headers = dict(line.split(":", 1) for line in header_lines)
-                path = request_line.split(" ")[1]
-                if "transfer-encoding" in headers or int(headers.get("content-length", "0")) > 0:
-                    writer.write(answer(b"400 Bad Request", b"Connection: close\r\n", b"GET with a body"))
+            # The client closing its side ends the conversation; that is not an error here.
+            with suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                    request_line, *header_lines = head.strip().split("\r\n")
+                    headers = dict(line.split(":", 1) for line in header_lines)
+                    path = request_line.split(" ")[1]
+                    if "transfer-encoding" in headers or int(headers.get("content-length", "0")) > 0:
+                        writer.write(answer(b"400 Bad Request", b"Connection: close\r\n", b"GET with a body"))
+                        await writer.drain()
+                        break
+                    if path == "/done":
+                        writer.write(answer(b"200 OK", body=b"done"))
+                    else:
+                        target = b"/done" if path == "/hop" else b"/loop"
+                        writer.write(answer(b"302 Found", b"Location: " + target + b"\r\n"))
                     await writer.drain()
-                    break
-                if path == "/done":
-                    writer.write(answer(b"200 OK", body=b"done"))
-                else:
-                    target = b"/done" if path == "/hop" else b"/loop"
-                    writer.write(answer(b"302 Found", b"Location: " + target + b"\r\n"))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
         finally:
             writer.close()
 
