@@ -1,11 +1,14 @@
-"""A fake Slack Web API for tests: a Starlette app that speaks ``chat.postMessage`` on loopback.
+"""A fake Slack Web API for tests: a Starlette app that speaks ``chat.postMessage`` and ``chat.update`` on
+loopback.
 
 ``async with FakeSlackApi(token).running() as base_url:`` serves it (``base_url`` ends in ``/api/``, what
 slack_sdk's ``base_url`` / ``SLACK_API_URL`` expect). It accepts a form or JSON body, checks
 ``Authorization: Bearer <token>`` (``not_authed`` without one, ``invalid_auth`` for another token), enforces
 the Block Kit limits a page can hit (header 150 chars, section text 3000, field 2000, 10 fields, ``text``
-40,000: ``invalid_blocks`` / ``msg_too_long``) and records every request (``requests``) and every message it
-accepted (``posts``).
+40,000: ``invalid_blocks`` / ``msg_too_long``; buttons need an ``action_id`` and a ``value`` of at most 2,000
+chars) and records every request (``requests``), every message it accepted (``posts``, thread replies with
+their ``thread_ts``) and every ``chat.update`` (``updates``). A channel name ``#x`` is answered with a
+stable channel id (``channel_id("#x")``), as Slack answers with ids.
 
 ``fail_next(*modes, channel=None)`` scripts the next answers, one per request (for one channel, or for any):
 ``"429"`` (with ``Retry-After: retry_after``), ``"500"``, ``"hang"`` (never answers until the server
@@ -46,6 +49,24 @@ class Post:
     channel: str
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    ts: str = ""
+    thread_ts: str = ""
+    reply_broadcast: bool = False
+
+
+@dataclass
+class Update:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def channel_id(channel: str) -> str:
+    """The id the fake answers for a channel name (``#ai-oncall`` → ``CAIONCALL``); ids stay as they are."""
+    if channel.startswith("C"):
+        return channel
+    return "C" + "".join(c for c in channel.upper() if c.isalnum())
 
 
 def _block_problem(blocks: list[dict[str, Any]]) -> str | None:
@@ -62,7 +83,12 @@ def _block_problem(blocks: list[dict[str, Any]]) -> str | None:
             if "text" not in block and not fields:
                 return "a section needs text or fields"
         if kind == "actions":
-            return "actions are not expected from the watchdog yet"
+            elements = block.get("elements", [])
+            if not elements or len(elements) > 25:
+                return "actions need 1 to 25 elements"
+            for element in elements:
+                if not element.get("action_id") or len(str(element.get("value", ""))) > 2000:
+                    return "a button needs an action_id and a value of at most 2000 chars"
     return None
 
 
@@ -72,6 +98,7 @@ class FakeSlackApi:
         self.retry_after = retry_after
         self.requests: list[SlackRequest] = []
         self.posts: list[Post] = []
+        self.updates: list[Update] = []
         self._script: dict[str | None, deque[str]] = {}
         self._stop = asyncio.Event()
         self._ts = itertools.count(1)
@@ -81,7 +108,11 @@ class FakeSlackApi:
         self._script.setdefault(channel, deque()).extend(modes)
 
     def posts_to(self, channel: str) -> list[Post]:
-        return [p for p in self.posts if p.channel == channel]
+        """Parent messages (not thread replies) to ``channel``."""
+        return [p for p in self.posts if p.channel == channel and not p.thread_ts]
+
+    def replies_to(self, parent: Post) -> list[Post]:
+        return [p for p in self.posts if p.thread_ts == parent.ts and p.channel == channel_id(parent.channel)]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
@@ -99,6 +130,8 @@ class FakeSlackApi:
         form: dict[str, Any] = dict(parse_qsl(raw))
         if isinstance(form.get("blocks"), str):
             form["blocks"] = json.loads(form["blocks"])
+        if isinstance(form.get("reply_broadcast"), str):
+            form["reply_broadcast"] = form["reply_broadcast"] in ("1", "true", "True")
         return form
 
     def _next_mode(self, channel: str) -> str:
@@ -113,7 +146,7 @@ class FakeSlackApi:
         body = await self._body(request)
         call = SlackRequest(method, request.headers.get("authorization", ""), body)
         self.requests.append(call)
-        if method != "chat.postMessage":
+        if method not in ("chat.postMessage", "chat.update"):
             call.answer = "unknown_method"
             return JSONResponse({"ok": False, "error": "unknown_method"})
         channel = str(body.get("channel", ""))
@@ -135,10 +168,24 @@ class FakeSlackApi:
         if call.answer != "ok":
             return JSONResponse({"ok": False, "error": call.answer})
         blocks = body.get("blocks") or []
-        post = Post(channel, str(body.get("text", "")), blocks)
-        self.posts.append(post)
+        if method == "chat.update":
+            ts = str(body.get("ts", ""))
+            if not any(p.ts == ts and channel_id(p.channel) == channel for p in self.posts):
+                call.answer = "message_not_found"
+                return JSONResponse({"ok": False, "error": "message_not_found"})
+            self.updates.append(Update(channel, ts, str(body.get("text", "")), blocks))
+            return JSONResponse({"ok": True, "channel": channel, "ts": ts, "text": body.get("text", "")})
         ts = f"1700000000.{next(self._ts):06d}"
-        return JSONResponse({"ok": True, "channel": "C0FAKE", "ts": ts, "message": {"text": post.text}})
+        thread_ts = str(body.get("thread_ts") or "")
+        if thread_ts and not any(p.ts == thread_ts for p in self.posts):
+            call.answer = "thread_not_found"
+            return JSONResponse({"ok": False, "error": "thread_not_found"})
+        broadcast = bool(body.get("reply_broadcast"))
+        post = Post(channel, str(body.get("text", "")), blocks, ts, thread_ts, broadcast)
+        self.posts.append(post)
+        return JSONResponse(
+            {"ok": True, "channel": channel_id(channel), "ts": ts, "message": {"text": post.text}}
+        )
 
     def _check(self, authorization: str, body: dict[str, Any]) -> str:
         if not authorization.startswith("Bearer "):

@@ -161,7 +161,8 @@ async def test_probe_alert_needs_consecutive_failures_for_its_duration(
     moved = await manager.evaluate_probe_alerts()
     assert [(t.key, t.state) for t in moved] == [("alert:app-down", "firing")]
     incident = await store.get_incident("alert:app-down")
-    assert incident is not None and "failed 3 times in a row: connection refused" in incident.data["summary"]
+    assert incident is not None
+    assert "(3 in a row); the application itself is down: connection refused" in incident.data["summary"]
     await store.record([_result(Outcome.OK, start + 90)])
     clock.set(start + 95)
     assert [(t.state) for t in await manager.evaluate_probe_alerts()] == ["resolved"]

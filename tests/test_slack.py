@@ -63,7 +63,9 @@ def all_text(blocks: list[dict[str, Any]]) -> str:
         if "text" in block:
             out.append(block["text"]["text"])
         out.extend(f["text"] for f in block.get("fields", []))
-        out.extend(e["text"] for e in block.get("elements", []))
+        for element in block.get("elements", []):
+            text = element["text"]
+            out.append(text["text"] if isinstance(text, dict) else text)  # button labels are objects
     return "\n".join(out)
 
 
@@ -116,7 +118,12 @@ async def test_a_page_arrives_with_blocks_text_channel_and_mentions(api: tuple[F
         "*Runbook:* <https://runbooks.example.test/api-availability.md|api-availability>",
     ):
         assert expected in text
-    assert not any(b["type"] == "actions" for b in post.blocks)  # no buttons until interactions exist
+    (actions,) = [b for b in post.blocks if b["type"] == "actions"]
+    assert [(e["action_id"], e["text"]["text"], e["value"]) for e in actions["elements"]] == [
+        ("watchdog_ack", "Acknowledge", "alert:api-availability"),
+        ("watchdog_resolve", "Resolve", "alert:api-availability"),
+        ("watchdog_silence_1h", "Silence 1 h", "alert:api-availability"),
+    ]
 
 
 async def test_a_resolved_page_with_a_local_runbook_shows_the_path(api: tuple[FakeSlackApi, str]) -> None:

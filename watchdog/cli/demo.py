@@ -108,7 +108,7 @@ def incident_why(incident: Incident, statuses: Mapping[str, SloStatus]) -> str:
     status = statuses.get(slo) if isinstance(slo, str) else None
     if status is None or incident.key.endswith(":no_data"):
         return ""
-    severity = "ticket" if incident.data.get("severity") == "ticket" else "page"
+    severity = "ticket" if incident.data.get("burn") == "ticket" else "page"
     lines = explain_severity(status, severity)
     if not lines:
         return "no rule fires any more: the next evaluation resolves it"

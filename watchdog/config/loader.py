@@ -22,7 +22,15 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from yaml.composer import ComposerError
 
-from watchdog.config.alerts import Alert, EscalationPolicy, ProbeAlert, SloAlert
+from watchdog.config.alerts import (
+    Alert,
+    EscalationPolicy,
+    InhibitRule,
+    Intake,
+    MaintenanceWindow,
+    ProbeAlert,
+    SloAlert,
+)
 from watchdog.config.probes import ProbeConfig
 from watchdog.config.settings import Settings
 from watchdog.config.slo import LatencySli, SloConfig
@@ -78,6 +86,9 @@ class WatchdogConfig:
     slos: list[SloConfig] = field(default_factory=list)
     alerts: list[SloAlert | ProbeAlert] = field(default_factory=list)
     escalation: list[EscalationPolicy] = field(default_factory=list)
+    inhibit: list[InhibitRule] = field(default_factory=list)
+    maintenance: list[MaintenanceWindow] = field(default_factory=list)
+    intake: list[Intake] = field(default_factory=list)
     runbooks: dict[str, Path] = field(default_factory=dict)
     origin: dict[str, Located] = field(default_factory=dict)
     """Where each probe/slo/alert was defined (key ``probe:name``, ``slo:name``, ``alert:name``)."""
@@ -414,7 +425,15 @@ def _validate(doc: _Document, model: type[BaseModel]) -> tuple[BaseModel | None,
     return (None if problems else validated), problems
 
 
-_KIND = {"probes": "probe", "slos": "slo", "alerts": "alert", "escalation": "escalation"}
+_KIND = {
+    "probes": "probe",
+    "slos": "slo",
+    "alerts": "alert",
+    "escalation": "escalation",
+    "inhibit": "inhibit",
+    "maintenance": "maintenance",
+    "intake": "intake",
+}
 """Top-level list key → the kind its entries register as (``probe:<name>``)."""
 
 
@@ -475,6 +494,13 @@ _PROBE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProbeConfig)
 _SLO_ADAPTER: TypeAdapter[Any] = TypeAdapter(SloConfig)
 _ALERT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Alert)
 _ESCALATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(EscalationPolicy)
+_ALERTS_FILE_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "alerts": _ALERT_ADAPTER,
+    "escalation": _ESCALATION_ADAPTER,
+    "inhibit": TypeAdapter(InhibitRule),
+    "maintenance": TypeAdapter(MaintenanceWindow),
+    "intake": TypeAdapter(Intake),
+}
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -646,11 +672,14 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
                     )
 
     alert_docs: list[tuple[_Document, int, SloAlert | ProbeAlert]] = []
+    # (file, list key, index, field, kind, name): references checked once every alerts file is read.
+    references: list[tuple[_Document, str, int, str, str, str]] = []
+    alert_kinds = ("alert", "escalation", "inhibit", "maintenance", "intake")
     for path in folders["alerts"]:
-        if (doc := parse(path, ("alert", "escalation"))) is None:
+        if (doc := parse(path, alert_kinds)) is None:
             continue
-        items = _validate_items(doc, {"alerts": _ALERT_ADAPTER, "escalation": _ESCALATION_ADAPTER})
-        absorb(items, ("alert", "escalation"))
+        items = _validate_items(doc, _ALERTS_FILE_ADAPTERS)
+        absorb(items, alert_kinds)
         for i, alert in items.valid["alerts"]:
             if register("alert", alert.name, doc, ("alerts", i)):
                 config.alerts.append(alert)
@@ -658,6 +687,32 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
         for i, policy in items.valid["escalation"]:
             if register("escalation", policy.name, doc, ("escalation", i)):
                 config.escalation.append(policy)
+        for i, rule in items.valid["inhibit"]:
+            if register("inhibit", rule.name, doc, ("inhibit", i)):
+                config.inhibit.append(rule)
+                references.append((doc, "inhibit", i, "source", "alert", rule.source))
+                references.extend((doc, "inhibit", i, "targets", "alert", t) for t in rule.targets)
+        for i, window in items.valid["maintenance"]:
+            if register("maintenance", window.name, doc, ("maintenance", i)):
+                config.maintenance.append(window)
+                if window.announce is not None:
+                    references.append((doc, "maintenance", i, "announce", "escalation", window.announce))
+        for i, intake in items.valid["intake"]:
+            if register("intake", intake.name, doc, ("intake", i)):
+                config.intake.append(intake)
+                references.append((doc, "intake", i, "escalation", "escalation", intake.escalation))
+    for kind_name in ("alertmanager", "cloud_monitoring"):
+        if sum(1 for t in config.intake if t.kind == kind_name) > 1:
+            doc_i = next(d for d in references if d[1] == "intake")
+            problems.append(
+                ConfigProblem(doc_i[0].rel, 0, "intake", f"more than one {kind_name} intake; keep one")
+            )
+    for doc, key, i, field_name, kind_name, ref in references:
+        if missing(kind_name, ref):
+            line = doc.lines.get((key, i, field_name), doc.lines.get((key, i), 0))
+            problems.append(
+                ConfigProblem(doc.rel, line, f"{key}[{i}].{field_name}", f"no {kind_name} named {ref!r}")
+            )
 
     runbook_dir = root_path / "runbooks"
     for doc, i, alert in alert_docs:

@@ -10,6 +10,10 @@ targets, each target exactly once.
   error retries with backoff (2 s, 4 s, … 300 s), and after ``MAX_ATTEMPTS`` transient failures the page
   goes to the fallback channel, with an error line saying so: an outage delays a page, never drops it.
   Should the fallback fail too, the item is retried later (every 300 s at most), never completed.
+* Threads: a page naming a ``thread`` whose parent message this target already has (a record kept in the
+  store: ``thread`` records, one per thread, kind and channel) is sent as a follow-up in that thread, and
+  updates the parent when it is about the parent's incident; otherwise it is sent as a parent, and where the
+  notifier says it went is recorded for the pages that follow.
 * One bad item never stalls the others: a malformed payload is logged (with its payload) and completed; a
   notifier raising something other than ``NotifyError`` counts as a transient failure.
 """
@@ -18,16 +22,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 from watchdog.core.clock import Clock
 from watchdog.notify.base import NOTIFY_TOPIC, Notifier, NotifyError, Page
-from watchdog.store.base import OutboxItem, OutboxStore
+from watchdog.store.base import OutboxItem, OutboxStore, RecordStore
 
 _log = logging.getLogger("watchdog.notify.dispatch")
 
 MAX_ATTEMPTS = 8
 MAX_BACKOFF_S = 300.0
+THREAD_RECORD = "thread"
+
+
+class DispatchStore(OutboxStore, RecordStore, Protocol):
+    """The outbox, and records of where each thread's parent message went."""
 
 
 class MalformedPage(ValueError):
@@ -54,6 +64,12 @@ def _page(payload: Mapping[str, Any], target: Mapping[str, Any] | None) -> Page:
     if not isinstance(mentions, list | tuple):
         raise MalformedPage("a target's mention must be a list")
     channel = (target or {}).get("channel")
+    links = payload.get("links") or []
+    if not isinstance(links, list) or not all(isinstance(x, list | tuple) and len(x) == 2 for x in links):
+        raise MalformedPage("links must be a list of [text, url] pairs")
+    muted = payload.get("muted") or []
+    if not isinstance(muted, list):
+        raise MalformedPage("muted must be a list")
     return Page(
         key=payload["key"],
         title=payload["title"],
@@ -66,6 +82,14 @@ def _page(payload: Mapping[str, Any], target: Mapping[str, Any] | None) -> Page:
         channel=str(channel) if channel else "",
         mentions=tuple(str(m) for m in mentions),
         since=str(payload.get("since") or ""),
+        event=str(payload.get("event") or "fired"),
+        note=str(payload.get("note") or ""),
+        actor=str(payload.get("actor") or ""),
+        budget_left=str(payload.get("budget_left") or ""),
+        links=tuple((str(text), str(url)) for text, url in links),
+        muted=tuple(str(m) for m in muted),
+        acked_by=str(payload.get("acked_by") or ""),
+        actions=bool(payload.get("actions", True)),
     )
 
 
@@ -76,7 +100,7 @@ def _describe(kind: str, page: Page) -> str:
 class Dispatcher:
     def __init__(
         self,
-        store: OutboxStore,
+        store: DispatchStore,
         notifiers: Mapping[str, Notifier],
         clock: Clock,
         worker: str,
@@ -140,7 +164,8 @@ class Dispatcher:
             await self._store.complete(item.id, self._worker, self._clock.now())
             return False
         kind = str(targets[0].get("type", "")) if targets else self._fallback
-        return await self._deliver(item, kind, page)
+        thread = str(payload.get("thread") or "")
+        return await self._deliver(item, kind, page, thread)
 
     async def _split(
         self, item: OutboxItem, payload: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]
@@ -152,15 +177,21 @@ class Dispatcher:
             await self._store.enqueue(NOTIFY_TOPIC, {**payload, "targets": [dict(target)]}, key, now)
         await self._store.complete(item.id, self._worker, now)
 
-    async def _deliver(self, item: OutboxItem, kind: str, page: Page) -> bool:
+    async def _deliver(self, item: OutboxItem, kind: str, page: Page, thread: str) -> bool:
         if kind == self._fallback:
             return await self._to_fallback(item, page, None)
         notifier = self._notifiers.get(kind)
         if notifier is None:
             _log.warning("no %s notifier configured; page goes to the next channel", kind)
             return await self._to_fallback(item, page, None)
+        record_key = f"{thread}|{kind}|{page.channel}"
+        if thread:
+            parent = await self._store.get_record(THREAD_RECORD, record_key)
+            if parent is not None:
+                ref = {k: str(v) for k, v in parent.items() if k in ("channel", "ts")}
+                page = replace(page, thread_ref=ref, update_parent=parent.get("key") == page.key)
         try:
-            await notifier.send(page)
+            sent_to = await notifier.send(page)
         except NotifyError as exc:
             error = f"{_describe(kind, page)}: {exc}"
             if exc.permanent:
@@ -169,7 +200,10 @@ class Dispatcher:
         except Exception as exc:  # a notifier bug must not stall the queue: treated as transient
             _log.exception("page %s: the %s notifier raised unexpectedly", item.dedup_key, kind)
             return await self._transient(item, page, f"{_describe(kind, page)}: {type(exc).__name__}: {exc}")
-        await self._store.complete(item.id, self._worker, self._clock.now())
+        now = self._clock.now()
+        if thread and page.thread_ref is None and sent_to:
+            await self._store.put_record(THREAD_RECORD, record_key, {**sent_to, "key": page.key}, now)
+        await self._store.complete(item.id, self._worker, now)
         return True
 
     async def _transient(self, item: OutboxItem, page: Page, error: str) -> bool:

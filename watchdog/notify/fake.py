@@ -9,7 +9,7 @@ recorded as sent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from watchdog.notify.base import Page
 
@@ -28,8 +28,13 @@ class RecordingNotifier:
         """Script more failures, raised on the next sends after those already scripted."""
         self._failures.extend(errors)
 
-    async def send(self, page: Page) -> None:
+    async def send(self, page: Page) -> Mapping[str, str] | None:
+        """A parent page (no ``thread_ref``) returns ``{"channel", "ts"}`` as Slack would, so threads work
+        through the fake too."""
         self.attempts += 1
         if self._failures:
             raise self._failures.pop(0)
         self.sent.append(page)
+        if page.thread_ref is not None:
+            return None
+        return {"channel": page.channel or self.name, "ts": str(len(self.sent))}

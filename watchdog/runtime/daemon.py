@@ -29,6 +29,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from watchdog.config.alerts import SloAlert
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.core.shared_call import SharedCall
+from watchdog.incidents.manager import IncidentManager
 from watchdog.probes.base import Probe
 from watchdog.probes.registry import run_bounded
 from watchdog.runtime.buffer import ResultBuffer
@@ -99,6 +100,11 @@ class Daemon:
         self._store_latest = SharedCall(self.store.latest)
         self._snapshot_read_at = self.clock.now()
         self._alerted_slos = {a.slo for a in self.config.alerts if isinstance(a, SloAlert)}
+
+    @property
+    def incidents(self) -> IncidentManager:
+        """Incidents and their actions (acknowledge, resolve, silence), for the HTTP face and the CLI."""
+        return self.alerts
 
     @property
     def is_leader(self) -> bool:
@@ -245,9 +251,11 @@ class Daemon:
         """SLOs are evaluated on every replica (each serves /metrics); only the leader turns signals into
         incidents, and even two would not double-page: transitions are compare-and-set."""
         signals = []
+        budget_left: dict[str, float] = {}
         if self.slo_engine is not None:
             evaluation = await self.slo_engine.evaluate()
             signals = evaluation.signals
+            budget_left = {s.name: s.budget_remaining for s in evaluation.statuses}
             for signal in signals:
                 # A signal no alert uses pages nobody: say so, at INFO, instead of a "firing" warning.
                 used = signal.slo in self._alerted_slos
@@ -263,8 +271,10 @@ class Daemon:
                 )
         if not self.is_leader:
             return
-        await self.alerts.handle_slo_signals(signals)
+        await self.alerts.handle_slo_signals(signals, budget_left)
         await self.alerts.evaluate_probe_alerts()
+        # Escalation timers, acknowledgements timing out, silences and maintenance starting or ending.
+        await self.alerts.tick()
 
     async def _dispatch(self) -> None:
         try:

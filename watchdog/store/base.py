@@ -94,6 +94,16 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An outbox item to add together with an incident transition (same transaction)."""
+
+    topic: str
+    payload: Mapping[str, Any]
+    dedup_key: str
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     name: str
     holder: str
@@ -184,9 +194,13 @@ class IncidentStore(Protocol):
         new_state: str,
         data: Mapping[str, Any],
         now: float,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> Incident | None:
         """Compare-and-set. ``expected_version`` None means "create; fail if it exists". Returns the new
-        incident (version + 1) or None when another writer got there first."""
+        incident (version + 1) or None when another writer got there first.
+
+        ``outbox`` items are enqueued (deduplicated, as ``enqueue``) in the same transaction, only when the
+        transition wins: a crash can never leave a transition without its pages, or pages without it."""
         ...
 
 
@@ -210,7 +224,23 @@ class OutboxStore(Protocol):
     async def retry_later(self, item_id: int, worker: str, error: str, retry_at: float) -> None: ...
 
 
-class StateStore(ResultWriter, ResultReader, LeaseStore, IncidentStore, OutboxStore, Protocol):
+class RecordStore(Protocol):
+    """Small named JSON records by kind: silences, Slack thread references. Last write wins."""
+
+    async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None: ...
+
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    async def list_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every record of ``kind`` as (key, value), ordered by key."""
+        ...
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        """True if it existed."""
+        ...
+
+
+class StateStore(ResultWriter, ResultReader, LeaseStore, IncidentStore, OutboxStore, RecordStore, Protocol):
     """Everything the daemon persists: every role above plus the lifecycle. Every method may raise
     ``StoreUnavailable``."""
 

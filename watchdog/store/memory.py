@@ -40,6 +40,7 @@ from watchdog.store.base import (
     Lease,
     MinuteAggregate,
     ObservationMinute,
+    OutboxEntry,
     OutboxItem,
     StoreUnavailable,
 )
@@ -83,6 +84,7 @@ class _Data:
     outbox_seq: int = 0
     incidents: dict[str, tuple[str, int, str, float]] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
+    records: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -165,8 +167,9 @@ class MemoryStore:
             d.raw_seq += 1
             d.raw.append(_RawRow(d.raw_seq, probe, started_at, text))
 
-    def _series(self, kind: str, probe: str | None, name: str | None, labels: Mapping[str, str] | None
-                ) -> dict[str, SeriesInfo]:
+    def _series(
+        self, kind: str, probe: str | None, name: str | None, labels: Mapping[str, str] | None
+    ) -> dict[str, SeriesInfo]:
         # Fresh SeriesInfo copies: results share their series' labels dict, never the stored one.
         return {
             info.key: SeriesInfo(info.kind, info.key, info.probe, info.name, dict(info.labels))
@@ -295,6 +298,7 @@ class MemoryStore:
         new_state: str,
         data: Mapping[str, Any],
         now: float,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> Incident | None:
         self._check()
         text = dumps(dict(data))
@@ -308,13 +312,17 @@ class MemoryStore:
                 return None
             version = expected_version + 1
         self._data.incidents[key] = (new_state, version, text, now)
+        for entry in outbox:
+            self._add(entry.topic, dumps(dict(entry.payload)), entry.dedup_key, now, entry.delay_s)
         return incident(key, new_state, version, json.loads(text), now)
 
     async def enqueue(
         self, topic: str, payload: Mapping[str, Any], dedup_key: str, now: float, delay_s: float = 0.0
     ) -> bool:
         self._check()
-        text = dumps(dict(payload))
+        return self._add(topic, dumps(dict(payload)), dedup_key, now, delay_s)
+
+    def _add(self, topic: str, text: str, dedup_key: str, now: float, delay_s: float) -> bool:
         d = self._data
         if dedup_key in d.outbox_keys:
             return False
@@ -370,3 +378,20 @@ class MemoryStore:
             row.claimed_by, row.claimed_until = None, None
             row.available_at = retry_at
             row.last_error = error
+
+    async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
+        self._check()
+        self._data.records[(kind, key)] = dumps(dict(value))
+
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        self._check()
+        text = self._data.records.get((kind, key))
+        return None if text is None else dict(json.loads(text))
+
+    async def list_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        self._check()
+        return [(k, dict(json.loads(v))) for (rk, k), v in sorted(self._data.records.items()) if rk == kind]
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        self._check()
+        return self._data.records.pop((kind, key), None) is not None

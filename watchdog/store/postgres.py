@@ -51,6 +51,7 @@ from watchdog.store.base import (
     Lease,
     MinuteAggregate,
     ObservationMinute,
+    OutboxEntry,
     OutboxItem,
     StoreUnavailable,
 )
@@ -139,6 +140,17 @@ _SCHEMA: tuple[LiteralString, ...] = (
         name text PRIMARY KEY,
         holder text NOT NULL,
         expires_at double precision NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {s}.record (
+        kind text NOT NULL,
+        rkey text NOT NULL,
+        value jsonb NOT NULL,
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (kind, rkey))""",
+)
+
+_ENQUEUE: LiteralString = (
+    "INSERT INTO {s}.outbox (topic, payload, dedup_key, created_at, available_at)"
+    " VALUES (%s, %s::jsonb, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING"
 )
 
 _OUTBOX_RETURNING: LiteralString = (
@@ -326,8 +338,9 @@ class PostgresStore:
         # Only cache ids once committed: a rolled-back insert would leave a dangling id behind.
         self._series_ids.update(new_ids)
 
-    async def _ensure_series(self, conn: Conn, series: Mapping[tuple[str, str], SeriesInfo]
-                             ) -> dict[tuple[str, str], int]:
+    async def _ensure_series(
+        self, conn: Conn, series: Mapping[tuple[str, str], SeriesInfo]
+    ) -> dict[tuple[str, str], int]:
         ids = {sk: self._series_ids[sk] for sk in series if sk in self._series_ids}
         missing = sorted(sk for sk in series if sk not in ids)
         if missing:
@@ -337,8 +350,16 @@ class PostgresStore:
                         "INSERT INTO {s}.series (kind, skey, probe, name, labels) VALUES (%s, %s, %s, %s, %s)"
                         " ON CONFLICT (kind, skey) DO NOTHING"
                     ),
-                    [(kind, key, series[(kind, key)].probe, series[(kind, key)].name,
-                      dumps(series[(kind, key)].labels)) for kind, key in missing],
+                    [
+                        (
+                            kind,
+                            key,
+                            series[(kind, key)].probe,
+                            series[(kind, key)].name,
+                            dumps(series[(kind, key)].labels),
+                        )
+                        for kind, key in missing
+                    ],
                 )
                 await cur.execute(
                     self._q("SELECT kind, skey, id FROM {s}.series WHERE skey = ANY(%s)"),
@@ -365,9 +386,7 @@ class PostgresStore:
             for le, n in a.buckets.items()
         )
         bins = sorted(
-            (minute, rid[skey], k, n)
-            for (skey, minute), a in batch.aggs.items()
-            for k, n in a.sketch.items()
+            (minute, rid[skey], k, n) for (skey, minute), a in batch.aggs.items() for k, n in a.sketch.items()
         )
         obs = sorted(
             (minute, oid[okey], o.count, o.sum, o.min, o.max, o.last, o.last_at)
@@ -562,7 +581,7 @@ class PostgresStore:
             cur = await conn.execute(
                 self._q(
                     "SELECT l.result FROM {s}.latest l JOIN {s}.series s ON s.id = l.series_id"
-                    " WHERE %(probe)s::text IS NULL OR l.probe = %(probe)s ORDER BY s.skey COLLATE \"C\""
+                    ' WHERE %(probe)s::text IS NULL OR l.probe = %(probe)s ORDER BY s.skey COLLATE "C"'
                 ),
                 {"probe": probe},
             )
@@ -664,7 +683,7 @@ class PostgresStore:
                 self._q(
                     "SELECT incident_key, state, version, data, updated_at FROM {s}.incident"
                     " WHERE %(states)s::text[] IS NULL OR state = ANY(%(states)s::text[])"
-                    " ORDER BY incident_key COLLATE \"C\""
+                    ' ORDER BY incident_key COLLATE "C"'
                 ),
                 {"states": None if states is None else list(states)},
             )
@@ -679,10 +698,16 @@ class PostgresStore:
         new_state: str,
         data: Mapping[str, Any],
         now: float,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> Incident | None:
         text = dumps(dict(data))
+        entries = [(e.topic, dumps(dict(e.payload)), e.dedup_key, now, now + e.delay_s) for e in outbox]
 
         async def _transition(conn: Conn) -> Incident | None:
+            async with conn.transaction():
+                return await _cas(conn)
+
+        async def _cas(conn: Conn) -> Incident | None:
             if expected_version is None:
                 cur = await conn.execute(
                     self._q(
@@ -703,7 +728,12 @@ class PostgresStore:
                     (new_state, text, now, key, expected_version),
                 )
             row = await cur.fetchone()
-            return None if row is None else incident(key, new_state, row[0], row[1], now)
+            if row is None:
+                return None
+            if entries:
+                async with conn.cursor() as many:
+                    await many.executemany(self._q(_ENQUEUE), entries)
+            return incident(key, new_state, row[0], row[1], now)
 
         return await self._run("transition_incident", _transition)
 
@@ -714,11 +744,7 @@ class PostgresStore:
 
         async def _enqueue(conn: Conn) -> bool:
             cur = await conn.execute(
-                self._q(
-                    "INSERT INTO {s}.outbox (topic, payload, dedup_key, created_at, available_at)"
-                    " VALUES (%s, %s::jsonb, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING RETURNING id"
-                ),
-                (topic, text, dedup_key, now, now + delay_s),
+                self._q(_ENQUEUE + " RETURNING id"), (topic, text, dedup_key, now, now + delay_s)
             )
             return await cur.fetchone() is not None
 
@@ -787,3 +813,48 @@ class PostgresStore:
             )
 
         await self._run("retry_later", _retry)
+
+    # -- records ---------------------------------------------------------------------------------------
+    async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
+        text = dumps(dict(value))
+
+        async def _put(conn: Conn) -> None:
+            await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.record (kind, rkey, value, updated_at) VALUES (%s, %s, %s::jsonb, %s)"
+                    " ON CONFLICT (kind, rkey) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at"
+                ),
+                (kind, key, text, now),
+            )
+
+        await self._run("put_record", _put)
+
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        async def _get(conn: Conn) -> dict[str, Any] | None:
+            cur = await conn.execute(
+                self._q("SELECT value FROM {s}.record WHERE kind = %s AND rkey = %s"), (kind, key)
+            )
+            row = await cur.fetchone()
+            return None if row is None else dict(row[0])
+
+        return await self._run("get_record", _get)
+
+    async def list_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        async def _list(conn: Conn) -> list[tuple[str, dict[str, Any]]]:
+            cur = await conn.execute(
+                self._q('SELECT rkey, value FROM {s}.record WHERE kind = %s ORDER BY rkey COLLATE "C"'),
+                (kind,),
+            )
+            return [(r[0], dict(r[1])) for r in await cur.fetchall()]
+
+        return await self._run("list_records", _list)
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        async def _delete(conn: Conn) -> bool:
+            cur = await conn.execute(
+                self._q("DELETE FROM {s}.record WHERE kind = %s AND rkey = %s"), (kind, key)
+            )
+            return cur.rowcount > 0
+
+        return await self._run("delete_record", _delete)

@@ -48,6 +48,7 @@ from watchdog.store.base import (
     Lease,
     MinuteAggregate,
     ObservationMinute,
+    OutboxEntry,
     OutboxItem,
     StoreUnavailable,
 )
@@ -145,8 +146,19 @@ CREATE TABLE IF NOT EXISTS lease (
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS record (
+    kind TEXT NOT NULL,
+    rkey TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, rkey)
+);
 """
 
+_ENQUEUE_SQL = (
+    "INSERT INTO outbox (topic, payload, dedup_key, created_at, available_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING"
+)
 _OUTBOX_COLUMNS = "id, topic, payload, dedup_key, attempts, created_at, available_at"
 
 
@@ -306,8 +318,9 @@ class SqliteStore:
         batch = aggregate(results, self._edges)
         await self._run(lambda conn: self._record(conn, batch))
 
-    def _ensure_series(self, conn: sqlite3.Connection, series: Mapping[tuple[str, str], SeriesInfo]
-                       ) -> dict[tuple[str, str], int]:
+    def _ensure_series(
+        self, conn: sqlite3.Connection, series: Mapping[tuple[str, str], SeriesInfo]
+    ) -> dict[tuple[str, str], int]:
         ids: dict[tuple[str, str], int] = {}
         for sk, info in series.items():
             sid = self._series_ids.get(sk)
@@ -574,8 +587,10 @@ class SqliteStore:
         new_state: str,
         data: Mapping[str, Any],
         now: float,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> Incident | None:
         text = dumps(dict(data))
+        entries = [(e.topic, dumps(dict(e.payload)), e.dedup_key, now, now + e.delay_s) for e in outbox]
 
         def _transition(conn: sqlite3.Connection) -> Incident | None:
             with _transaction(conn):
@@ -591,6 +606,8 @@ class SqliteStore:
                         " WHERE incident_key = ? AND version = ? RETURNING version",
                         (new_state, text, now, key, expected_version),
                     ).fetchone()
+                if row is not None and entries:
+                    conn.executemany(_ENQUEUE_SQL, entries)
             return None if row is None else incident(key, new_state, row[0], json.loads(text), now)
 
         return await self._run(_transition)
@@ -603,9 +620,7 @@ class SqliteStore:
         def _enqueue(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
                 row = conn.execute(
-                    "INSERT INTO outbox (topic, payload, dedup_key, created_at, available_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-                    (topic, text, dedup_key, now, now + delay_s),
+                    _ENQUEUE_SQL + " RETURNING id", (topic, text, dedup_key, now, now + delay_s)
                 ).fetchone()
             return row is not None
 
@@ -658,6 +673,45 @@ class SqliteStore:
                 )
 
         await self._run(_retry)
+
+    # -- records ---------------------------------------------------------------------------------------
+    async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
+        text = dumps(dict(value))
+
+        def _put(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO record (kind, rkey, value, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (kind, rkey) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (kind, key, text, now),
+                )
+
+        await self._run(_put)
+
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT value FROM record WHERE kind = ? AND rkey = ?", (kind, key)
+            ).fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    async def list_records(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT rkey, value FROM record WHERE kind = ? ORDER BY rkey", (kind,)
+            ).fetchall()
+        )
+        return [(r[0], dict(json.loads(r[1]))) for r in rows]
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        def _delete(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute("DELETE FROM record WHERE kind = ? AND rkey = ?", (kind, key))
+            return cur.rowcount > 0
+
+        return await self._run(_delete)
 
 
 def _minute_range(start_minute: int, end_minute: int, ids: str | None) -> tuple[str, list[Any]]:
