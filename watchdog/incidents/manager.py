@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from watchdog.config.alerts import EscalationPolicy, MaintenanceWindow, ProbeAlert, SloAlert
 from watchdog.config.loader import WatchdogConfig
 from watchdog.core.clock import Clock
-from watchdog.core.durations import human_duration
+from watchdog.core.durations import format_duration
 from watchdog.core.labels import labels_match
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.incidents.silences import Mute, Silence, SilenceBook, active_window, identity, mute_for
@@ -122,6 +122,11 @@ class ActionResult:
 class AlertStore(IncidentStore, OutboxStore, RecordStore, ResultReader, Protocol):
     """The store roles incident handling uses: incidents (compare-and-set), the outbox, records
     (silences), recent results."""
+
+
+def _span(seconds: float) -> str:
+    """A wait as config spells it: ``30m``, ``2h30m``."""
+    return format_duration(max(0, round(seconds)))
 
 
 def _iso(epoch: float) -> str:
@@ -346,7 +351,7 @@ class IncidentManager:
             data = {**current.data, **base, "flaps": flaps, "muted": current.data.get("muted", [])}
             data.update(self._timers(policy, spec.severity, int(data.get("level", 0)), now))
             note = "fired again" + (
-                f" (flapping: {len(flaps)} times in {human_duration(flap_window)})"
+                f" (flapping: {len(flaps)} times in {_span(flap_window)})"
                 if len(flaps) >= FLAPPING_AFTER
                 else ""
             )
@@ -386,7 +391,7 @@ class IncidentManager:
             data = {**current.data, "resolved_at": now, "resolved_by": actor, **_no_timers()}
             if summary:
                 data["resolution"] = summary
-            lasted = human_duration(now - float(current.data.get("since", now)))
+            lasted = _span(now - float(current.data.get("since", now)))
             note = f"resolved by {actor}" if actor else f"resolved after {lasted}"
             outbox = self._notes(key, current.version + 1, data, RESOLVED, "resolved", note, actor=actor)
             moved = await self._cas(current, RESOLVED, data, now, outbox, "resolved")
@@ -416,7 +421,7 @@ class IncidentManager:
                 "next_escalation_at": None,
                 "next_repeat_at": None,
             }
-            note = f"acknowledged by {actor}" + (f" for {human_duration(timeout)}" if timeout else "")
+            note = f"acknowledged by {actor}" + (f" for {_span(timeout)}" if timeout else "")
             outbox = self._notes(
                 key, current.version + 1, data, ACKNOWLEDGED, "acknowledged", note, actor=actor
             )
@@ -459,7 +464,7 @@ class IncidentManager:
         await self.tick()
         incident = await self._store.get_incident(key)
         return ActionResult(
-            "done", f"silenced for {human_duration(duration_s)} by {actor} ({silence.id})", incident
+            "done", f"silenced for {_span(duration_s)} by {actor} ({silence.id})", incident
         )
 
     async def add_silence(
@@ -571,7 +576,7 @@ class IncidentManager:
                 return await self._cas(incident, FIRING, data, now, [], "")
             previous = policy.levels[level]
             nxt = policy.levels[level + 1]
-            waited = human_duration(now - float(data.get("level_paged_at", data.get("since", now))))
+            waited = _span(now - float(data.get("level_paged_at", data.get("since", now))))
             note = f"escalated to {nxt.level} ({nxt.who}): not acknowledged for {waited}"
             paged = (
                 [*data.get("paged", []), nxt.level]
