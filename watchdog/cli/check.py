@@ -26,13 +26,21 @@ if TYPE_CHECKING:
 def validate(config_dir: Path) -> None:
     """Check a config directory; print every problem as file:line: field: message.
 
-    Exit status 0 when clean, 2 when any problem was found.
+    Exit status 0 when clean, 2 when any problem was found. Warnings (to stderr, exit status still 0) say
+    what the environment lacks for what the config asks: SLACK_BOT_TOKEN when a policy pages Slack,
+    SLACK_SIGNING_SECRET for the buttons, each intake's token.
     """
+    import os
+
+    from watchdog.runtime.wiring import deployment_warnings
+
     config = load_or_exit(config_dir)
     click.echo(
         f"ok: {len(config.probes)} probes, {len(config.slos)} SLOs, {len(config.alerts)} alerts, "
         f"{len(config.escalation)} escalation policies, {len(config.runbooks)} runbooks"
     )
+    for warning in deployment_warnings(config, os.environ):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _outcome_style(outcome: Outcome) -> str:

@@ -73,6 +73,7 @@ def _attach_subcommands() -> None:
     main.add_lazy_command("demo", "watchdog.cli.demo:demo")
     main.add_lazy_command("db", "watchdog.cli.db:db")
     main.add_lazy_command("slo", "watchdog.cli.slo:slo")
+    main.add_lazy_command("page", "watchdog.cli.page:page")
 
 
 _attach_subcommands()

@@ -29,6 +29,18 @@ class Retention(Strict):
     minutes: PositiveDuration = 35 * 86400.0
 
 
+class Heartbeat(Strict):
+    """A dead-man's switch: while the daemon is healthy (store answering, evaluation on time) it requests
+    ``url`` every ``every`` (healthchecks.io, Cronitor, a Cloud Monitoring uptime check...); when the
+    requests stop, that service pages. It is what notices a daemon that is dead, hung or cut off, which no
+    page from the daemon itself can."""
+
+    url: str
+    every: PositiveDuration = 60.0
+    method: Literal["GET", "POST", "HEAD"] = "GET"
+    timeout: PositiveDuration = 10.0
+
+
 class Settings(Strict):
     state: str = "watchdog-state.db"
     """A SQLite file path (default) or a ``postgresql://`` DSN shared by replicas."""
@@ -45,6 +57,10 @@ class Settings(Strict):
     local file path."""
     flush_interval: PositiveDuration = 1.0
     """How often buffered probe results are written to the store in one transaction."""
+    heartbeat: Heartbeat | None = None
+    self_escalation: str = "default"
+    """The escalation policy that pages the watchdog's own failures (its store down, a notifier failing,
+    its scheduler stalled); at most once per cause. A policy of that name must exist, or they go to the log."""
     allow_no_probes: bool = False
     """A config that defines no enabled probe is refused by default: it watches nothing, yet the daemon
     would report ready, which is how a wrong ``--config`` directory goes unnoticed. Set ``true`` to run

@@ -31,6 +31,8 @@ from watchdog.store.base import OutboxItem, OutboxStore, RecordStore
 
 _log = logging.getLogger("watchdog.notify.dispatch")
 
+FAILING_AFTER = 3
+"""Transient failures in a row after which a notifier kind counts as failing (``failing``)."""
 MAX_ATTEMPTS = 8
 MAX_BACKOFF_S = 300.0
 THREAD_RECORD = "thread"
@@ -116,6 +118,23 @@ class Dispatcher:
         self._worker = worker
         self._fallback = fallback
         self._lease = claim_lease_s
+        self._streaks: dict[str, int] = {}
+        self._failing: dict[str, str] = {}
+
+    @property
+    def failing(self) -> dict[str, str]:
+        """Notifier kinds failing now → their last error: a permanent error, or ``FAILING_AFTER`` transient
+        ones in a row; a kind leaves this as soon as one of its deliveries succeeds."""
+        return dict(self._failing)
+
+    def _note_failure(self, kind: str, error: str, permanent: bool) -> None:
+        self._streaks[kind] = self._streaks.get(kind, 0) + 1
+        if permanent or self._streaks[kind] >= FAILING_AFTER:
+            self._failing[kind] = error
+
+    def _note_success(self, kind: str) -> None:
+        self._streaks.pop(kind, None)
+        self._failing.pop(kind, None)
 
     async def run_once(self, limit: int = 20) -> int:
         """Deliver up to ``limit`` outbox items; returns how many target deliveries succeeded (a page split
@@ -194,12 +213,15 @@ class Dispatcher:
             sent_to = await notifier.send(page)
         except NotifyError as exc:
             error = f"{_describe(kind, page)}: {exc}"
+            self._note_failure(kind, str(exc), exc.permanent)
             if exc.permanent:
                 return await self._to_fallback(item, page, error)
             return await self._transient(item, page, error)
         except Exception as exc:  # a notifier bug must not stall the queue: treated as transient
             _log.exception("page %s: the %s notifier raised unexpectedly", item.dedup_key, kind)
+            self._note_failure(kind, f"{type(exc).__name__}: {exc}", False)
             return await self._transient(item, page, f"{_describe(kind, page)}: {type(exc).__name__}: {exc}")
+        self._note_success(kind)
         now = self._clock.now()
         if thread and page.thread_ref is None and sent_to:
             await self._store.put_record(THREAD_RECORD, record_key, {**sent_to, "key": page.key}, now)

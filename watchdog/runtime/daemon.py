@@ -79,7 +79,10 @@ class Daemon:
         self.probe_metrics = components.probe_metrics
         self.snapshot = components.snapshot
         self.alerts = components.incidents
+        self._components_warnings = list(components.warnings)
         self.dispatcher = components.dispatcher
+        self.selfwatch = components.selfwatch
+        self.heartbeat = components.heartbeat
         self.buffer = ResultBuffer(self.store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.slo_engine: SloEngine | None = None
@@ -114,6 +117,8 @@ class Daemon:
     async def start(self) -> None:
         await self.store.open()
         self.started_at = self.clock.now()
+        for warning in self._components_warnings:
+            _log.warning("%s", warning)
         if self.config.slos:
             from watchdog.slo.engine import SloEngine
             from watchdog.web.slo_metrics import SloCollector
@@ -149,6 +154,8 @@ class Daemon:
             (self._dispatch, IntervalTrigger(seconds=1), "dispatch"),
             (self._prune, IntervalTrigger(minutes=10), "prune"),
         ]
+        if self.heartbeat is not None and settings.heartbeat is not None:
+            periodic.append((self._heartbeat, IntervalTrigger(seconds=settings.heartbeat.every), "heartbeat"))
         for job, trigger, job_id in periodic:
             self.scheduler.add_job(job, trigger, id=job_id, max_instances=1, coalesce=True)
         self.scheduler.start()
@@ -180,6 +187,8 @@ class Daemon:
         if self.buffer.pending:
             _log.error("exiting with %d results not written: store unreachable", self.buffer.pending)
         await self.close_probes()
+        if self.heartbeat is not None:
+            await self.heartbeat.aclose()
         await self.leader.release()
         await self._store_ping.aclose()
         await self._store_latest.aclose()
@@ -242,10 +251,26 @@ class Daemon:
 
     async def _evaluate(self) -> None:
         await self.leader.renew()
+        interval = self.config.settings.evaluation_interval
         try:
+            await self.selfwatch.evaluation_ran(interval)
             await self.evaluate_alerts()
+            if self.is_leader:
+                await self.selfwatch.notifiers_checked(self.dispatcher.failing)
         except StoreUnavailable as exc:
             _log.warning("alert evaluation skipped, store unavailable: %s", exc)
+            await self.selfwatch.store_failed(str(exc))
+            return
+        await self.selfwatch.store_ok()
+
+    async def _heartbeat(self) -> None:
+        """The dead-man's switch: only a healthy daemon beats, so a hung or cut-off one goes quiet."""
+        if self.heartbeat is None:
+            return
+        if self.selfwatch.healthy(self.config.settings.evaluation_interval):
+            await self.heartbeat.beat()
+        else:
+            _log.warning("heartbeat withheld: the store is down or the evaluation is late")
 
     async def evaluate_alerts(self) -> None:
         """SLOs are evaluated on every replica (each serves /metrics); only the leader turns signals into

@@ -24,6 +24,7 @@ from watchdog.notify.dispatch import Dispatcher
 from watchdog.notify.registry import FALLBACK_KIND, build_notifiers
 from watchdog.probes.base import Probe
 from watchdog.probes.registry import ProbeBuilder
+from watchdog.runtime.selfwatch import HeartbeatSender, SelfWatch
 from watchdog.store.base import LATENCY_BUCKETS_S, StateStore
 from watchdog.web.metrics import ProbeMetrics, StoreSnapshotCollector, build_registry
 
@@ -67,6 +68,10 @@ class Components:
     registry: CollectorRegistry
     probe_metrics: ProbeMetrics
     snapshot: StoreSnapshotCollector
+    selfwatch: SelfWatch
+    heartbeat: HeartbeatSender | None = None
+    warnings: list[str] = field(default_factory=list)
+    """``deployment_warnings``: logged when the daemon starts."""
     _builder: ProbeBuilder | None = field(default=None, repr=False)
 
     async def close_probes(self) -> None:
@@ -84,6 +89,33 @@ class Components:
 def notifier_kinds(config: WatchdogConfig) -> set[str]:
     """Every channel kind the escalation policies name."""
     return {target.type for policy in config.escalation for level in policy.levels for target in level.notify}
+
+
+def deployment_warnings(config: WatchdogConfig, env: Mapping[str, str]) -> list[str]:
+    """What the config asks for that the environment does not provide: pages that would go to the log
+    instead of Slack, buttons nobody can press, receivers that refuse every request. Not errors: the
+    daemon runs, and says so (``validate`` prints these; ``run`` logs them)."""
+    warnings: list[str] = []
+    slack_policies = sorted(
+        {p.name for p in config.escalation for lv in p.levels for t in lv.notify if t.type == "slack"}
+    )
+    if slack_policies and not env.get("SLACK_BOT_TOKEN", "").strip():
+        warnings.append(
+            f"escalation {', '.join(slack_policies)} pages Slack but SLACK_BOT_TOKEN is not set: "
+            "those pages go to the log instead"
+        )
+    if slack_policies and not env.get("SLACK_SIGNING_SECRET", "").strip():
+        warnings.append(
+            "SLACK_SIGNING_SECRET is not set: the Acknowledge/Resolve/Silence buttons on Slack pages are "
+            "refused (POST /slack/interactions answers 503); the CLI still acts on incidents"
+        )
+    for intake in config.intake:
+        if not env.get(intake.token_env, "").strip():
+            warnings.append(
+                f"intake {intake.name} ({intake.kind}) has no token: set {intake.token_env}, until then "
+                "it refuses every request"
+            )
+    return warnings
 
 
 def wire(
@@ -106,12 +138,13 @@ def wire(
     if probes is None:
         builder = ProbeBuilder(defaults=config.settings.defaults, clock=clock)
         probes = builder.build_all(config.enabled_probes())
+    environ: Mapping[str, str] = os.environ if env is None else env
     built_notifiers = (
-        dict(notifiers)
-        if notifiers is not None
-        else build_notifiers(notifier_kinds(config), os.environ if env is None else env)
+        dict(notifiers) if notifiers is not None else build_notifiers(notifier_kinds(config), environ)
     )
     registry, probe_metrics, snapshot = build_registry(latency_edges(config))
+    incidents = IncidentManager(config, store, clock)
+    heartbeat = config.settings.heartbeat
     return Components(
         config=config,
         clock=clock,
@@ -119,10 +152,13 @@ def wire(
         store=store,
         probes=list(probes),
         notifiers=built_notifiers,
-        incidents=IncidentManager(config, store, clock),
+        incidents=incidents,
         dispatcher=Dispatcher(store, built_notifiers, clock, instance, fallback=FALLBACK_KIND),
         registry=registry,
         probe_metrics=probe_metrics,
         snapshot=snapshot,
+        selfwatch=SelfWatch(config, incidents, built_notifiers, clock, instance),
+        heartbeat=HeartbeatSender(heartbeat) if heartbeat is not None and heartbeat.url.strip() else None,
+        warnings=deployment_warnings(config, environ) if notifiers is None else [],
         _builder=builder,
     )
