@@ -190,9 +190,12 @@ def render_follow_up(page: Page) -> tuple[str, list[dict[str, Any]]]:
     calls people."""
     icon = _EVENT_ICON.get(page.event, "ℹ️")
     mentions = " ".join(mention_markup(m) for m in page.mentions if m.strip()) if page.calls_people else ""
-    note = page.note or page.event
-    actor = f" ({_who(page.actor)})" if page.actor and page.actor not in note else ""
-    line = f"{icon} *{_escape(page.title)}* {_escape(note)}{actor}"
+    note = _escape(page.note or page.event)
+    if page.actor:
+        # The actor as a mention where the note names them ("acknowledged by <@U…>"), else after it.
+        actor = _escape(page.actor)
+        note = note.replace(actor, _who(page.actor)) if actor in note else f"{note} ({_who(page.actor)})"
+    line = f"{icon} *{_escape(page.title)}* {note}"
     if page.event == "refired" and page.summary:
         line += f"\n{_escape(page.summary)}"
     if mentions:
