@@ -60,7 +60,7 @@ class Settings(Strict):
     heartbeat: Heartbeat | None = None
     self_escalation: str = "default"
     """The escalation policy that pages the watchdog's own failures (its store down, a notifier failing,
-    its scheduler stalled); at most once per cause. A policy of that name must exist, or they go to the log."""
+    its scheduler stalled); at most once per cause. Without a policy of that name they go to the log."""
     allow_no_probes: bool = False
     """A config that defines no enabled probe is refused by default: it watches nothing, yet the daemon
     would report ready, which is how a wrong ``--config`` directory goes unnoticed. Set ``true`` to run

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -76,6 +76,11 @@ class SloSignal(Protocol):
 
     @property
     def burn_rates(self) -> Mapping[str, float]: ...
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The rules firing (``page-1h-5m``...)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +158,8 @@ class IncidentManager:
         self._policies = {p.name: p for p in config.escalation}
         self._slo_alerts = [a for a in config.alerts if isinstance(a, SloAlert)]
         self._probe_alerts = [a for a in config.alerts if isinstance(a, ProbeAlert)]
-        self._slo_thresholds = {
-            (s.name, tier): max((r.burn_rate for r in s.alerts if r.severity == tier), default=0.0)
-            for s in config.slos
-            for tier in ("page", "ticket")
-        }
+        self._rule_rates = {(s.name, r.rule_id): r.burn_rate for s in config.slos for r in s.alerts}
+        self._no_data_tier = {s.name: s.no_data_severity for s in config.slos}
         # inhibited alert → the alerts that explain it (with the rule's reason)
         self._inhibitors: dict[str, list[tuple[str, str]]] = {}
         for rule in config.inhibit:
@@ -219,16 +221,21 @@ class IncidentManager:
                 else:
                     rates = list(signal.burn_rates.values())
                     value = "no data" if no_data else (f"{max(rates):.3g}×" if rates else "?")
-                    threshold = self._slo_thresholds.get((alert.slo, alert.burn), 0.0)
+                    # The threshold of the rule that fired (14.4× for the 1 h rule, 6× for the 6 h one).
+                    rule_rates = self._rule_rates
+                    fired = [rule_rates[(alert.slo, r)] for r in signal.rules if (alert.slo, r) in rule_rates]
                     fields = _Fields(
                         slo=alert.slo,
                         value=value,
-                        threshold=f"{threshold:g}×",
+                        threshold=f"{min(fired):g}×" if fired else "?",
                         budget_left=left_text or "?",
                         detail=signal.summary,
                     )
                     summary = self._summary(alert.summary, fields, signal.summary)
                     spec = self._spec(alert, key, summary, {"slo": alert.slo}, "slo", left_text)
+                    if no_data and self._no_data_tier.get(alert.slo) == "ticket":
+                        # Missing data is the SLO's no_data_severity, not the alert's: a ticket, not a page.
+                        spec = replace(spec, severity="info")
                     moved = await self.fire(spec)
                 if moved:
                     done.append(moved)

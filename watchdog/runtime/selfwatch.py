@@ -88,7 +88,11 @@ class SelfWatch:
     async def _page_directly(self, state: str, event: str, summary: str) -> None:
         """Around the outbox (it is in the store that is down): each first-level target, once, best effort."""
         policy = self._incidents.policy(self._policy)
-        targets: list[NotifyTarget | None] = list(policy.levels[0].notify) if policy is not None else [None]
+        # Critical: the first level and the policy's critical level, as any critical page.
+        targets: list[NotifyTarget | None] = [None]
+        if policy is not None:
+            levels = [policy.levels[0].level, policy.critical_pages_immediately]
+            targets = [t for lv in policy.levels if lv.level in levels for t in lv.notify]
         base = Page(
             key=f"watchdog:{STORE_UNAVAILABLE}:{self._instance}",
             title=STORE_UNAVAILABLE,
