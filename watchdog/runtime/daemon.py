@@ -296,10 +296,14 @@ class Daemon:
                 )
         if not self.is_leader:
             return
-        await self.alerts.handle_slo_signals(signals, budget_left)
-        await self.alerts.evaluate_probe_alerts()
+        changed = await self.alerts.handle_slo_signals(signals, budget_left)
+        changed += await self.alerts.evaluate_probe_alerts()
         # Escalation timers, acknowledgements timing out, silences and maintenance starting or ending.
-        await self.alerts.tick()
+        changed += await self.alerts.tick()
+        if changed:
+            # Deliver now rather than at the next dispatch tick: the decision-to-Slack latency is then the
+            # store write and the API call. Claims are atomic, so running beside the dispatch job is safe.
+            await self._dispatch()
 
     async def _dispatch(self) -> None:
         try:
