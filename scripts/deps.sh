@@ -3,7 +3,8 @@
 #   - the PostgreSQL server binaries with pg_stat_statements (throwaway primary/replica clusters),
 #     psql/pg_isready, and a server answering on 127.0.0.1:5432 with trust auth for user postgres;
 #   - promtool and prometheus (Debian package prometheus), prometheus-node-exporter,
-#     prometheus-postgres-exporter (with its example queries.yaml), prometheus-blackbox-exporter (bench/);
+#     prometheus-postgres-exporter (with its example queries.yaml), prometheus-blackbox-exporter (bench/),
+#     prometheus-alertmanager (the webhook intake's end-to-end test);
 #   - python3 with venv support when .venv does not exist yet.
 # When something is missing it is installed (apt-get) and PostgreSQL is created/started if we may: as root
 # or with passwordless sudo. Otherwise the script prints ONE line naming the exact command and exits 1.
@@ -59,6 +60,7 @@ missing_packages() {
   has prometheus-node-exporter || echo prometheus-node-exporter
   { has prometheus-postgres-exporter && [[ -f $EXPORTER_QUERIES ]]; } || echo prometheus-postgres-exporter
   has prometheus-blackbox-exporter || echo prometheus-blackbox-exporter
+  has prometheus-alertmanager || echo prometheus-alertmanager
   { has runuser && has setpriv; } || echo util-linux
   if ! has "$PYTHON"; then
     echo python3

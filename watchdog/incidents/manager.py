@@ -178,14 +178,16 @@ class IncidentManager:
         return self._policies.get(name)
 
     def runbook_url(self, alert: str) -> str:
-        base = self._config.settings.runbook_base_url
-        if base:
-            return f"{base.rstrip('/')}/{alert}.md"
+        """Where ``alert``'s runbook is published (``runbook_base_url``) or its local path; "" when the config
+        has no ``runbooks/<alert>.md``, so callers can fall back (external alerts use ``external-alert``)."""
         path = self._config.runbooks.get(alert)
-        if path is None:
+        if path is None and "/" not in alert and not alert.startswith("."):
             candidate = self._config.root / "runbooks" / f"{alert}.md"
             path = candidate if candidate.is_file() else None
-        return str(path.resolve()) if path else ""
+        if path is None:
+            return ""
+        base = self._config.settings.runbook_base_url
+        return f"{base.rstrip('/')}/{alert}.md" if base else str(path.resolve())
 
     async def open_slo_incidents(self) -> list[tuple[str, str]]:
         """(slo, "page" | "ticket" | "no_data") pairs whose incidents are open, so a restarted engine
