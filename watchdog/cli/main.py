@@ -47,11 +47,12 @@ def main() -> None:
     """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs and alerts for one web service.
 
     Works today: pages go to Slack (with SLACK_BOT_TOKEN) and to the log (JSON lines), each target once,
-    never dropped; ack_within and repeat_every are accepted but not acted on; the YAML/DB flag is not
-    flipped automatically.
+    never dropped; incidents are acknowledged, resolved and silenced from the Slack buttons
+    (SLACK_SIGNING_SECRET), `watchdog incidents` or the HTTP API (WATCHDOG_API_TOKEN); ack_within and
+    repeat_every are accepted but not acted on; the YAML/DB flag is not flipped automatically.
 
-    Planned, not in this version: Slack buttons and acknowledgements, L1 -> L2 -> L3 escalation on missing
-    acknowledgement, repeated pages, automatic rollback of the flag.
+    Planned, not in this version: L1 -> L2 -> L3 escalation on missing acknowledgement, repeated pages,
+    automatic rollback of the flag.
 
     \b
     Start here:
@@ -61,6 +62,7 @@ def main() -> None:
       watchdog run --config DIR          the daemon
       watchdog db inspect DSN            the database at a glance (3 a.m. view)
       watchdog slo report --config DIR   objectives, budgets, burn rates, forecasts
+      watchdog incidents list            open incidents; ack, resolve, silence them (see --help)
       python -m watchdog.demo --help     the reference service alone (the system under test)
     """
 
@@ -73,6 +75,7 @@ def _attach_subcommands() -> None:
     main.add_lazy_command("demo", "watchdog.cli.demo:demo")
     main.add_lazy_command("db", "watchdog.cli.db:db")
     main.add_lazy_command("slo", "watchdog.cli.slo:slo")
+    main.add_lazy_command("incidents", "watchdog.cli.incidents:incidents")
     main.add_lazy_command("page", "watchdog.cli.page:page")
 
 

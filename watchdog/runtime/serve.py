@@ -6,6 +6,7 @@ import asyncio
 import logging
 import resource
 import signal
+from collections.abc import Mapping
 
 from watchdog.config.loader import WatchdogConfig
 from watchdog.runtime.daemon import Daemon
@@ -32,9 +33,15 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 async def serve_daemon(
-    config: WatchdogConfig, listen: str, state: str, stop: asyncio.Event | None = None
+    config: WatchdogConfig,
+    listen: str,
+    state: str,
+    stop: asyncio.Event | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set); drain and return the exit status."""
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); drain and return the exit status. ``env`` configures
+    the notifiers, the Slack buttons and the incident API (``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``,
+    ``WATCHDOG_API_TOKEN``...); default: the process environment."""
     stop = stop or asyncio.Event()
     soft, _hard = raise_open_files_limit()
     _log.info("open-files limit %d", soft, extra={"nofile": soft})
@@ -43,14 +50,14 @@ async def serve_daemon(
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            components = wire(config, state=state)
+            components = wire(config, state=state, env=env)
         except ValueError as exc:
             _log.error("bad state store: %s", exc)
             return 2
         daemon = Daemon(components)
         # Listen first: a busy or foreign address fails before any probe runs or the store is touched.
         # Until the daemon has started, /readyz says 503.
-        server = HttpServer(create_app(daemon), listen)
+        server = HttpServer(create_app(daemon, env=env, intakes=config.intake), listen)
         try:
             url = await server.start()
         except OSError as exc:

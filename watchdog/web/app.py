@@ -1,4 +1,7 @@
-"""The routes: /metrics, /healthz, /readyz and a JSON status page (``web.server`` serves them).
+"""The routes: /metrics, /healthz, /readyz, a JSON status page, the Slack buttons
+(``POST /slack/interactions``, ``web.slack_interactions``), the incident API (``/api/v1/incidents``,
+``/api/v1/silences``: ``web.incident_api``) and the alert receivers (``/api/v1/alerts/...``: ``web.intake``);
+``web.server`` serves them.
 
 ``web.server`` runs them on an event loop of their own, in their own thread, so that HTTP work never delays
 a probe; whatever touches the daemon's state runs on the daemon's loop (``home``), called across with
@@ -12,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -23,9 +27,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from watchdog import __version__
+from watchdog.config.alerts import Intake
 from watchdog.core.results import ProbeResult
 from watchdog.core.shared_call import SharedCall
+from watchdog.incidents.manager import IncidentManager
+from watchdog.web.incident_api import incident_api_routes
+from watchdog.web.intake import intake_routes
 from watchdog.web.metrics import StoreSnapshotCollector, exposition
+from watchdog.web.slack_interactions import slack_interaction_routes
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +66,11 @@ class DaemonView(Protocol):
         """The newest result of every series; raises when the store does not answer."""
         ...
 
+    @property
+    def incidents(self) -> IncidentManager:
+        """Incidents and their actions; called on the daemon's loop (``home``)."""
+        ...
+
 
 class _Home:
     """Runs coroutines on the daemon's loop, from whichever loop serves the request."""
@@ -75,8 +89,13 @@ def create_app(
     *,
     min_render_interval_s: float = 1.0,
     home: asyncio.AbstractEventLoop | None = None,
+    env: Mapping[str, str] | None = None,
+    intakes: Sequence[Intake] = (),
 ) -> Starlette:
-    """``home``: the daemon's event loop (default: the loop running now, where the daemon was started)."""
+    """``home``: the daemon's event loop (default: the loop running now, where the daemon was started).
+    ``env``: ``SLACK_SIGNING_SECRET``, ``WATCHDOG_API_TOKEN`` and the intakes' tokens (default: the process
+    environment). ``intakes``: the config's alert receivers (Alertmanager, Cloud Monitoring)."""
+    env = os.environ if env is None else env
     on_home = _Home(home or asyncio.get_running_loop())
     cache = _RenderedMetrics(daemon, on_home, min_render_interval_s)
     readiness = _Recent(lambda: on_home.run(daemon.readiness), READINESS_TTL_S)
@@ -110,8 +129,7 @@ def create_app(
                 "version": __version__,
                 "instance": daemon.instance,
                 "probes": [
-                    r.to_dict()
-                    for r in sorted(latest, key=lambda r: (r.probe, sorted(r.labels.items())))
+                    r.to_dict() for r in sorted(latest, key=lambda r: (r.probe, sorted(r.labels.items())))
                 ],
             }
         )
@@ -122,6 +140,9 @@ def create_app(
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz),
             Route("/", status),
+            *slack_interaction_routes(daemon, on_home, env),
+            *incident_api_routes(daemon, on_home, env),
+            *intake_routes(daemon, on_home, intakes, env),
         ]
     )
 
