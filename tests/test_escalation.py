@@ -243,7 +243,8 @@ async def test_silence_mutes_and_its_removal_pages(rig: Rig) -> None:
     key = await rig.fire()
     incident = await rig.manager.get(key)
     assert incident is not None and incident.state == "firing"
-    assert incident.data["muted_by"] == {"kind": "silence", "name": silence.id, "reason": "by ana: migrating the DB"}
+    reason = "by ana: migrating the DB"
+    assert incident.data["muted_by"] == {"kind": "silence", "name": silence.id, "reason": reason}
     assert rig.slack.sent == [], "a silenced alert is recorded, not paged"
     other = await rig.fire("api-errors")
     assert [p.key for p in rig.slack.sent] == [other], "the silence matches db-down only"
@@ -372,3 +373,21 @@ async def test_incident_data_keeps_the_timers(rig: Rig) -> None:
     data: dict[str, Any] = dict(incident.data)
     assert data["next_escalation_at"] == START + 30 * MIN
     assert data["paged"] == ["L1"] and data["level"] == 0
+
+
+async def test_a_silenced_root_cause_still_mutes_its_symptoms(tmp_path: Path) -> None:
+    extra = """
+inhibit:
+  - {name: db-explains, source: db-down, targets: [api-errors], reason: the database is down}
+"""
+    rig = await _rig(_write_config(tmp_path / "c", extra), MemoryStore())
+    source = await rig.fire("db-down")
+    target = await rig.fire("api-errors")
+    first = await rig.manager.silence_incident(source, 3600, "slack:U0ANA")
+    second = await rig.manager.silence_incident(source, 3600, "slack:U0ANA")  # a double click
+    assert (first.status, second.status) == ("done", "unchanged")
+    assert len(await rig.manager.silences.all()) == 1
+    await rig.at(5)
+    muted = await rig.manager.get(target)
+    assert muted is not None and muted.data["muted_by"]["kind"] == "inhibited"
+    assert all(p.key != target for p in rig.slack.sent), "silencing the cause does not page its symptoms"

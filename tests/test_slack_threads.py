@@ -69,7 +69,7 @@ async def test_a_page_its_thread_and_its_parent_updates(tmp_path: Path) -> None:
         (parent,) = fake.posts_to("#l1")
         assert parent.text.startswith("<!subteam^S0DEV> ")
         assert _buttons(parent.blocks) == ["watchdog_ack", "watchdog_resolve", "watchdog_silence_1h"]
-        assert any("*SLO budget left*\n62 %" == f["text"] for b in parent.blocks for f in b.get("fields", []))
+        assert any(f["text"] == "*SLO budget left*\n62 %" for b in parent.blocks for f in b.get("fields", []))
 
         clock.advance(30 * 60)
         await manager.tick()
@@ -82,7 +82,8 @@ async def test_a_page_its_thread_and_its_parent_updates(tmp_path: Path) -> None:
 
         await manager.acknowledge("alert:db-down", "slack:U0ANA")
         await deliver()
-        acks = [r for r in fake.replies_to(parent) + fake.replies_to(l2_parent) if "acknowledged by" in r.text]
+        replies = fake.replies_to(parent) + fake.replies_to(l2_parent)
+        acks = [r for r in replies if "acknowledged by" in r.text]
         assert len(acks) == 2 and all("<@U0ANA>" in r.text for r in acks)
         updated = {(u.channel, u.ts): u for u in fake.updates}
         l1_now = updated[(channel_id("#l1"), parent.ts)]

@@ -462,6 +462,13 @@ class IncidentManager:
         labels = {str(k): str(v) for k, v in dict(current.data.get("labels") or {}).items()}
         matchers = identity(str(current.data.get("alert", "")), labels)
         now = self._clock.now()
+        for existing in await self.silences.all():
+            # A double click (or a replayed request) finds the silence the first click made.
+            covers = existing.ends_at >= now + duration_s - 60
+            if existing.active(now) and dict(existing.matchers) == matchers and covers:
+                incident = await self._store.get_incident(key)
+                message = f"already silenced until {_iso(existing.ends_at)} ({existing.id})"
+                return ActionResult("unchanged", message, incident)
         silence = await self.silences.add(
             matchers,
             starts_at=now,
@@ -503,7 +510,7 @@ class IncidentManager:
             return []
         silences = [s for s in await self.silences.all() if s.active(now)]
         windows = active_window(self._config.maintenance, now)
-        open_alerts = {str(i.data.get("alert")) for i in open_incidents if not i.data.get("muted_by")}
+        open_alerts = {str(i.data.get("alert")) for i in open_incidents if _can_inhibit(i)}
         done: list[Transition] = []
         for incident in open_incidents:
             moved = await self._step(incident, now, silences, windows, open_alerts)
@@ -635,7 +642,7 @@ class IncidentManager:
         open_alerts = {
             str(i.data.get("alert"))
             for i in await self._store.list_incidents(list(OPEN_STATES))
-            if not i.data.get("muted_by")
+            if _can_inhibit(i)
         }
         return self._inhibited(alert, open_alerts)
 
@@ -805,6 +812,14 @@ class IncidentManager:
                     return str(other.data["thread"])
             return f"group:{spec.group}:{spec.key}@{version}"
         return f"{spec.key}@{version}"
+
+
+def _can_inhibit(incident: Incident) -> bool:
+    """An open incident mutes the alerts it explains unless it is itself inhibited (a chain would mute
+    everything). A silenced one still does, as in Alertmanager: silencing the root cause must not start
+    paging its symptoms."""
+    muted_by = incident.data.get("muted_by")
+    return not (isinstance(muted_by, dict) and muted_by.get("kind") == "inhibited")
 
 
 def _no_timers() -> dict[str, Any]:
