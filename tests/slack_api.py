@@ -14,6 +14,15 @@ stable channel id (``channel_id("#x")``), as Slack answers with ids.
 ``"429"`` (with ``Retry-After: retry_after``), ``"500"``, ``"hang"`` (never answers until the server
 stops) or any Slack error code (``"invalid_auth"``, ``"channel_not_found"``, ``"fatal_error"``…), answered
 as Slack does, HTTP 200 with ``{"ok": false, "error": code}``.
+
+``outage = True`` makes every request answer ``outage_mode`` (``"500"`` unless changed) until it is set back
+to False: a Slack outage of any length, without scripting each answer. Scripted answers wait for the outage
+to end. Every request and post carries ``at``, the wall-clock time (``time.time()``) it arrived.
+
+``FakeSlackApi(token, rate_limit_per_channel=N)`` (default None: no limit) answers a ``chat.postMessage`` to a
+channel that has already accepted N messages within the last second with HTTP 429 and ``Retry-After:
+retry_after``, as Slack limits posting to about one message per second per channel; ``chat.update`` is not
+limited.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +52,8 @@ class SlackRequest:
     body: dict[str, Any]
     answer: str = "ok"
     """ok, 429, 500, hang, or the Slack error code answered."""
+    at: float = field(default_factory=time.time)
+    """When the request arrived (``time.time()``)."""
 
 
 @dataclass
@@ -52,6 +64,8 @@ class Post:
     ts: str = ""
     thread_ts: str = ""
     reply_broadcast: bool = False
+    at: float = field(default_factory=time.time)
+    """When the message was accepted (``time.time()``)."""
 
 
 @dataclass
@@ -93,13 +107,25 @@ def _block_problem(blocks: list[dict[str, Any]]) -> str | None:
 
 
 class FakeSlackApi:
-    def __init__(self, token: str = "xoxb-test-token", *, retry_after: int = 1) -> None:
+    def __init__(
+        self,
+        token: str = "xoxb-test-token",
+        *,
+        retry_after: int = 1,
+        rate_limit_per_channel: int | None = None,
+    ) -> None:
         self.token = token
         self.retry_after = retry_after
         self.requests: list[SlackRequest] = []
         self.posts: list[Post] = []
         self.updates: list[Update] = []
         self._script: dict[str | None, deque[str]] = {}
+        self.outage = False
+        """While True every request is answered ``outage_mode``; scripted answers wait for it to end."""
+        self.outage_mode = "500"
+        self.rate_limit_per_channel = rate_limit_per_channel
+        """Messages a channel accepts per second before ``chat.postMessage`` answers 429 (None: no limit)."""
+        self._accepted: dict[str, deque[float]] = {}
         self._stop = asyncio.Event()
         self._ts = itertools.count(1)
         self.app = Starlette(routes=[Route("/api/{method}", self._handle, methods=["POST"])])
@@ -135,6 +161,8 @@ class FakeSlackApi:
         return form
 
     def _next_mode(self, channel: str) -> str:
+        if self.outage:
+            return self.outage_mode
         for key in (channel, None):
             queue = self._script.get(key)
             if queue:
@@ -180,6 +208,13 @@ class FakeSlackApi:
         if thread_ts and not any(p.ts == thread_ts for p in self.posts):
             call.answer = "thread_not_found"
             return JSONResponse({"ok": False, "error": "thread_not_found"})
+        if self._over_rate_limit(channel):
+            call.answer = "429"
+            return JSONResponse(
+                {"ok": False, "error": "ratelimited"},
+                status_code=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
         broadcast = bool(body.get("reply_broadcast"))
         post = Post(channel, str(body.get("text", "")), blocks, ts, thread_ts, broadcast)
         self.posts.append(post)
@@ -203,3 +238,17 @@ class FakeSlackApi:
         if not isinstance(blocks, list) or _block_problem(blocks) is not None:
             return "invalid_blocks"
         return "ok"
+
+    def _over_rate_limit(self, channel: str) -> bool:
+        """True when ``channel`` (a name or its id) accepted ``rate_limit_per_channel`` messages within the
+        last second; otherwise this message counts towards the limit."""
+        if self.rate_limit_per_channel is None:
+            return False
+        now = time.monotonic()
+        window = self._accepted.setdefault(channel_id(channel), deque())
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        if len(window) >= self.rate_limit_per_channel:
+            return True
+        window.append(now)
+        return False

@@ -391,3 +391,34 @@ inhibit:
     muted = await rig.manager.get(target)
     assert muted is not None and muted.data["muted_by"]["kind"] == "inhibited"
     assert all(p.key != target for p in rig.slack.sent), "silencing the cause does not page its symptoms"
+
+
+async def test_a_note_waits_for_its_page_and_never_becomes_the_parent(rig: Rig) -> None:
+    from watchdog.notify.base import NOTIFY_TOPIC
+    from watchdog.notify.dispatch import NOTE_WAIT_S, NOTE_WAITS
+
+    def page(event: str, thread: str) -> dict[str, Any]:
+        target = {"type": "slack", "channel": "#l1", "mention": ["U0DEV"]}
+        return {"key": "k", "title": "t", "severity": "warning", "state": "firing", "event": event,
+                "note": f"{event} note", "thread": thread, "targets": [target]}
+
+    now = rig.clock.now()
+    await rig.store.enqueue(NOTIFY_TOPIC, page("note", "t1"), "note-first", now)
+    await rig.deliver()
+    assert rig.slack.sent == [], "the note waits: its page has not gone out"
+    await rig.store.enqueue(NOTIFY_TOPIC, page("fired", "t1"), "page-second", now)
+    await rig.deliver()
+    rig.clock.advance(NOTE_WAIT_S)
+    await rig.deliver()
+    assert [(p.event, p.thread_ref is None) for p in rig.slack.sent] == [("fired", True), ("note", False)]
+
+    # A note whose page never comes (it went to the log) goes out alone after NOTE_WAITS, and is no parent.
+    await rig.store.enqueue(NOTIFY_TOPIC, page("note", "t2"), "orphan-note", now)
+    for _ in range(NOTE_WAITS + 1):
+        rig.clock.advance(NOTE_WAIT_S)
+        await rig.deliver()
+    orphan = rig.slack.sent[-1]
+    assert (orphan.event, orphan.thread_ref) == ("note", None)
+    await rig.store.enqueue(NOTIFY_TOPIC, page("fired", "t2"), "late-page", rig.clock.now())
+    await rig.deliver()
+    assert rig.slack.sent[-1].thread_ref is None, "the late page opens the thread, not the note"

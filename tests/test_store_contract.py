@@ -23,6 +23,7 @@ from watchdog.core.results import Observation, Outcome, ProbeResult, series_key
 from watchdog.store import (
     LATENCY_BUCKETS_S,
     MemoryStore,
+    OutboxEntry,
     PostgresStore,
     SqliteStore,
     StateStore,
@@ -402,6 +403,50 @@ async def test_outbox_lifecycle(store: StateStore) -> None:
     assert (retried.id, retried.attempts, retried.available_at) == (flag.id, 2, T0 + 300)
     await store.complete(retried.id, "w1", now=T0 + 301)
     assert await store.claim("flag", "w1", limit=1, lease_s=60, now=T0 + 10_000) == []
+
+
+async def test_release_claims_gives_back_a_dead_workers_items(store: StateStore) -> None:
+    for i in range(3):
+        await store.enqueue("notify", {"i": i}, f"r{i}", now=T0)
+    mine = await store.claim("notify", "replica-a", limit=2, lease_s=60, now=T0)
+    [theirs] = await store.claim("notify", "replica-b", limit=5, lease_s=60, now=T0)
+    await store.complete(mine[0].id, "replica-a", now=T0 + 1)
+    assert await store.release_claims("replica-a") == 1  # the done one stays done
+    [back] = await store.claim("notify", "replica-a", limit=5, lease_s=60, now=T0 + 2)
+    assert back.id == mine[1].id, "released at once, not after the 60 s lease"
+    assert theirs.id not in {back.id}, "another worker's claim is left alone"
+    assert await store.release_claims("nobody") == 0
+
+
+async def test_transition_enqueues_its_outbox_items_atomically(store: StateStore) -> None:
+    page = OutboxEntry("notify", {"key": "alert:x", "level": "L1"}, "alert:x:v1:L1:fired")
+    won = await store.transition_incident("alert:x", None, "firing", {"a": 1}, T0, [page])
+    assert won is not None
+    lost = await store.transition_incident(
+        "alert:x", None, "firing", {"a": 2}, T0, [OutboxEntry("notify", {}, "lost-page")]
+    )
+    assert lost is None
+    items = await store.claim("notify", "w", limit=10, lease_s=60, now=T0)
+    assert [i.dedup_key for i in items] == ["alert:x:v1:L1:fired"], "the losing writer enqueued nothing"
+    delayed = OutboxEntry("notify", {"k": 1}, "alert:x:v2:timer", delay_s=30)
+    assert await store.transition_incident("alert:x", 1, "acknowledged", {}, T0, [delayed, page]) is not None
+    assert await store.claim("notify", "w", limit=10, lease_s=60, now=T0 + 29) == []
+    [later] = await store.claim("notify", "w", limit=10, lease_s=60, now=T0 + 30)
+    assert later.dedup_key == "alert:x:v2:timer", "a duplicate dedup key in the batch is skipped"
+
+
+async def test_records_put_get_list_delete(store: StateStore) -> None:
+    assert await store.get_record("silence", "a") is None
+    await store.put_record("silence", "b", {"n": 1, "nested": {"x": [1, 2]}}, T0)
+    await store.put_record("silence", "a", {"n": 2}, T0)
+    await store.put_record("thread", "a", {"ts": "1.0"}, T0)
+    await store.put_record("silence", "b", {"n": 3}, T0 + 1)  # last write wins
+    assert await store.get_record("silence", "b") == {"n": 3}
+    assert await store.list_records("silence") == [("a", {"n": 2}), ("b", {"n": 3})]
+    assert await store.delete_record("silence", "a") is True
+    assert await store.delete_record("silence", "a") is False
+    assert await store.list_records("silence") == [("b", {"n": 3})]
+    assert await store.get_record("thread", "a") == {"ts": "1.0"}
 
 
 async def test_outbox_claim_order_and_limit(store: StateStore) -> None:

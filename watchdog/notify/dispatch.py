@@ -12,8 +12,10 @@ targets, each target exactly once.
   Should the fallback fail too, the item is retried later (every 300 s at most), never completed.
 * Threads: a page naming a ``thread`` whose parent message this target already has (a record kept in the
   store: ``thread`` records, one per thread, kind and channel) is sent as a follow-up in that thread, and
-  updates the parent when it is about the parent's incident; otherwise it is sent as a parent, and where the
-  notifier says it went is recorded for the pages that follow.
+  updates the parent when it is about the parent's incident. Only a page that calls people (fired,
+  escalated...) opens a thread: it is sent as a parent and where it went is recorded. A note whose parent
+  is not there yet (its page is still being retried) waits for it, ``NOTE_WAITS`` times ``NOTE_WAIT_S``
+  apart, then goes out on its own, never as a parent: a note must not take the page's place.
 * One bad item never stalls the others: a malformed payload is logged (with its payload) and completed; a
   notifier raising something other than ``NotifyError`` counts as a transient failure.
 """
@@ -31,6 +33,8 @@ from watchdog.store.base import OutboxItem, OutboxStore, RecordStore
 
 _log = logging.getLogger("watchdog.notify.dispatch")
 
+NOTE_WAITS = 10
+NOTE_WAIT_S = 1.0
 FAILING_AFTER = 3
 """Transient failures in a row after which a notifier kind counts as failing (``failing``)."""
 MAX_ATTEMPTS = 8
@@ -136,6 +140,14 @@ class Dispatcher:
         self._streaks.pop(kind, None)
         self._failing.pop(kind, None)
 
+    async def release_own_claims(self) -> int:
+        """At start: items this worker (the same instance name) claimed before a crash go out now, not when
+        their claims expire."""
+        released = await self._store.release_claims(self._worker)
+        if released:
+            _log.warning("released %d page(s) claimed before a restart; sending them now", released)
+        return released
+
     async def run_once(self, limit: int = 20) -> int:
         """Deliver up to ``limit`` outbox items; returns how many target deliveries succeeded (a page split
         into per-target items is delivered in the same call)."""
@@ -209,6 +221,11 @@ class Dispatcher:
             if parent is not None:
                 ref = {k: str(v) for k, v in parent.items() if k in ("channel", "ts")}
                 page = replace(page, thread_ref=ref, update_parent=parent.get("key") == page.key)
+            elif not page.calls_people and item.attempts <= NOTE_WAITS:
+                await self._store.retry_later(
+                    item.id, self._worker, "waiting for the thread's page", self._clock.now() + NOTE_WAIT_S
+                )
+                return False
         try:
             sent_to = await notifier.send(page)
         except NotifyError as exc:
@@ -223,7 +240,7 @@ class Dispatcher:
             return await self._transient(item, page, f"{_describe(kind, page)}: {type(exc).__name__}: {exc}")
         self._note_success(kind)
         now = self._clock.now()
-        if thread and page.thread_ref is None and sent_to:
+        if thread and page.thread_ref is None and page.calls_people and sent_to:
             await self._store.put_record(THREAD_RECORD, record_key, {**sent_to, "key": page.key}, now)
         await self._store.complete(item.id, self._worker, now)
         return True

@@ -99,6 +99,7 @@ class Daemon:
         """Probe name → when its submitted run was due (its scheduled time)."""
         self.runs_completed = 0
         self._stopped = False
+        self._dispatching = False
         self._store_ping = SharedCall(self.store.ping)
         self._store_latest = SharedCall(self.store.latest)
         self._snapshot_read_at = self.clock.now()
@@ -117,6 +118,10 @@ class Daemon:
     async def start(self) -> None:
         await self.store.open()
         self.started_at = self.clock.now()
+        try:
+            await self.dispatcher.release_own_claims()
+        except StoreUnavailable as exc:
+            _log.warning("could not release this instance's earlier claims: %s", exc)
         for warning in self._components_warnings:
             _log.warning("%s", warning)
         if self.config.slos:
@@ -302,14 +307,28 @@ class Daemon:
         changed += await self.alerts.tick()
         if changed:
             # Deliver now rather than at the next dispatch tick: the decision-to-Slack latency is then the
-            # store write and the API call. Claims are atomic, so running beside the dispatch job is safe.
-            await self._dispatch()
+            # store write and the API call. In the dispatch job, not here: a notifier may hold a send for its
+            # whole timeout (a hanging Slack: 10 s a page), and the escalation timers must not wait for it.
+            self._dispatch_now()
+
+    def _dispatch_now(self) -> None:
+        """Run the dispatch job at once, unless it is running (it then picks the new pages up next tick)."""
+        job = self.scheduler.get_job("dispatch")
+        if job is not None and not self._dispatching:
+            job.modify(next_run_time=datetime.now(UTC))
 
     async def _dispatch(self) -> None:
+        # One sender at a time: the leader. Claims already make each page go out once; one sender also
+        # keeps a thread's messages in order (its page before its notes) across replicas.
+        if not self.is_leader:
+            return
+        self._dispatching = True
         try:
             await self.dispatcher.run_once()
         except StoreUnavailable as exc:
             _log.warning("dispatch skipped, store unavailable: %s", exc)
+        finally:
+            self._dispatching = False
 
     async def _prune(self) -> None:
         try:

@@ -223,6 +223,11 @@ class OutboxStore(Protocol):
 
     async def retry_later(self, item_id: int, worker: str, error: str, retry_at: float) -> None: ...
 
+    async def release_claims(self, worker: str) -> int:
+        """Give back every unfinished item ``worker`` holds (a restarted worker's claims from before it
+        died), so they go out now instead of when the claims expire. Returns how many."""
+        ...
+
 
 class RecordStore(Protocol):
     """Small named JSON records by kind: silences, Slack thread references. Last write wins."""

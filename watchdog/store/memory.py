@@ -379,6 +379,16 @@ class MemoryStore:
             row.available_at = retry_at
             row.last_error = error
 
+    async def release_claims(self, worker: str) -> int:
+        self._check()
+        released = 0
+        for row in self._data.outbox.values():
+            if row.claimed_by == worker and row.done_at is None:
+                row.claimed_by = None
+                row.claimed_until = None
+                released += 1
+        return released
+
     async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
         self._check()
         self._data.records[(kind, key)] = dumps(dict(value))

@@ -814,6 +814,19 @@ class PostgresStore:
 
         await self._run("retry_later", _retry)
 
+    async def release_claims(self, worker: str) -> int:
+        async def _release(conn: Conn) -> int:
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.outbox SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE claimed_by = %s AND done_at IS NULL"
+                ),
+                (worker,),
+            )
+            return cur.rowcount
+
+        return await self._run("release_claims", _release)
+
     # -- records ---------------------------------------------------------------------------------------
     async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
         text = dumps(dict(value))

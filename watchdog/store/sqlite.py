@@ -674,6 +674,18 @@ class SqliteStore:
 
         await self._run(_retry)
 
+    async def release_claims(self, worker: str) -> int:
+        def _release(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE claimed_by = ? AND done_at IS NULL",
+                    (worker,),
+                )
+            return cur.rowcount
+
+        return await self._run(_release)
+
     # -- records ---------------------------------------------------------------------------------------
     async def put_record(self, kind: str, key: str, value: Mapping[str, Any], now: float) -> None:
         text = dumps(dict(value))
