@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from watchdog.runtime.wiring import wire
 from watchdog.store.base import StoreUnavailable
 from watchdog.web.app import create_app
 from watchdog.web.server import HttpServer
+from watchdog.web.slack_socket import SlackSocketMode
 
 _log = logging.getLogger(__name__)
 
@@ -72,8 +74,17 @@ async def serve_daemon(
             await components.close_probes()
             return 1
         _log.info("serving /metrics, /healthz, /readyz on %s", url, extra={"url": url})
+        socket_mode = SlackSocketMode.from_env(os.environ if env is None else env, daemon.incidents)
+        if socket_mode is not None:
+            try:
+                await socket_mode.start()
+            except Exception as exc:  # the buttons are lost, not the daemon: say so and go on
+                _log.error("Slack Socket Mode did not connect (%s); buttons will not work", exc)
+                socket_mode = None
         await stop.wait()
         _log.info("shutting down")
+        if socket_mode is not None:
+            await socket_mode.stop()
         await server.stop()
         await daemon.stop()
         return 0

@@ -66,7 +66,7 @@ class _VerifierClock(SlackClock):
         return self._clock.now()
 
 
-class _Click:
+class Click:
     """One button press, validated."""
 
     def __init__(self, action_id: str, key: str, user_id: str, user_name: str) -> None:
@@ -139,7 +139,7 @@ def _signed(verifier: SignatureVerifier, body: str, headers: Mapping[str, str]) 
         return False
 
 
-def _parse_click(body: str) -> _Click:
+def _parse_click(body: str) -> Click:
     """ValueError, with what is wrong, for anything but a click on one of our buttons."""
     form = parse_qs(body, max_num_fields=MAX_FORM_FIELDS)
     fields = form.get("payload", [])
@@ -149,6 +149,12 @@ def _parse_click(body: str) -> _Click:
         payload = json.loads(fields[0])
     except ValueError:
         raise ValueError("'payload' is not JSON") from None
+    return click_from_payload(payload)
+
+
+def click_from_payload(payload: Any) -> Click:
+    """The click a ``block_actions`` payload describes (from the HTTP route or Socket Mode); ValueError
+    saying what is wrong otherwise."""
     if not isinstance(payload, dict):
         raise ValueError("'payload' is not a JSON object")
     if payload.get("type") != "block_actions":
@@ -158,7 +164,7 @@ def _parse_click(body: str) -> _Click:
         raise ValueError("no actions in the payload")
     action = actions[0]
     action_id = action.get("action_id")
-    if action_id not in _HANDLERS:
+    if action_id not in HANDLERS:
         raise ValueError(f"unknown action_id {action_id!r}")
     key = action.get("value")
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
@@ -169,32 +175,32 @@ def _parse_click(body: str) -> _Click:
     if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_ID_CHARS:
         raise ValueError("no user id in the payload")
     name = user.get("username") or user.get("name") or ""
-    return _Click(str(action_id), key, user_id, str(name)[:MAX_ID_CHARS])
+    return Click(str(action_id), key, user_id, str(name)[:MAX_ID_CHARS])
 
 
-def _acknowledge(manager: IncidentManager, click: _Click) -> Awaitable[ActionResult]:
+def _acknowledge(manager: IncidentManager, click: Click) -> Awaitable[ActionResult]:
     return manager.acknowledge(click.key, click.actor)
 
 
-def _resolve(manager: IncidentManager, click: _Click) -> Awaitable[ActionResult]:
+def _resolve(manager: IncidentManager, click: Click) -> Awaitable[ActionResult]:
     return manager.resolve(click.key, click.actor)
 
 
-def _silence(manager: IncidentManager, click: _Click) -> Awaitable[ActionResult]:
+def _silence(manager: IncidentManager, click: Click) -> Awaitable[ActionResult]:
     return manager.silence_incident(
         click.key, SILENCE_BUTTON_S, click.actor, f"Silence 1 h button in Slack, by {click.who}"
     )
 
 
-_HANDLERS: dict[str, Callable[[IncidentManager, _Click], Awaitable[ActionResult]]] = {
+HANDLERS: dict[str, Callable[[IncidentManager, Click], Awaitable[ActionResult]]] = {
     ACK_ACTION: _acknowledge,
     RESOLVE_ACTION: _resolve,
     SILENCE_ACTION: _silence,
 }
 
 
-async def _act(actions: IncidentActions, click: _Click, deadline_s: float) -> Response:
-    handler = _HANDLERS[click.action_id]
+async def _act(actions: IncidentActions, click: Click, deadline_s: float) -> Response:
+    handler = HANDLERS[click.action_id]
     what = f"Slack {click.action_id} on {click.key} by {click.who}"
     try:
         result = await actions.run(lambda manager: handler(manager, click), deadline_s, what)
