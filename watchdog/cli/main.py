@@ -47,12 +47,14 @@ def main() -> None:
     """sre-watchdog: synthetic probes, PostgreSQL checks, SLOs and alerts for one web service.
 
     Works today: pages go to Slack (with SLACK_BOT_TOKEN) and to the log (JSON lines), each target once,
-    never dropped; incidents are acknowledged, resolved and silenced from the Slack buttons
-    (SLACK_SIGNING_SECRET), `watchdog incidents` or the HTTP API (WATCHDOG_API_TOKEN); ack_within and
-    repeat_every are accepted but not acted on; the YAML/DB flag is not flipped automatically.
+    never dropped, and climb L1 -> L2 -> L3 while nobody acknowledges (ack_within, repeat_every, timers in
+    the state store); incidents are acknowledged, resolved and silenced from the Slack buttons
+    (SLACK_SIGNING_SECRET or Socket Mode), `watchdog incidents` or the HTTP API (WATCHDOG_API_TOKEN);
+    Alertmanager and Cloud Monitoring alerts escalate through the same chain. The YAML/DB flag is not
+    flipped automatically.
 
-    Planned, not in this version: L1 -> L2 -> L3 escalation on missing acknowledgement, repeated pages,
-    automatic rollback of the flag.
+    Planned, not in this version: automatic rollback of the flag (the canary guard), Google Cloud
+    metrics and logs.
 
     \b
     Start here:
@@ -63,6 +65,7 @@ def main() -> None:
       watchdog db inspect DSN            the database at a glance (3 a.m. view)
       watchdog slo report --config DIR   objectives, budgets, burn rates, forecasts
       watchdog incidents list            open incidents; ack, resolve, silence them (see --help)
+      watchdog page --test --config DIR  a test page to L1, end to end
       python -m watchdog.demo --help     the reference service alone (the system under test)
     """
 
