@@ -42,7 +42,8 @@ def test_shipped_example_config_is_valid() -> None:
     assert {
         "api-health",
         "monitoring-health",
-        "learner-journey",
+        "learner-journey-db",
+        "learner-journey-yaml",
         "content-db",
         "content-yaml",
         "ai-square-db",
@@ -51,7 +52,7 @@ def test_shipped_example_config_is_valid() -> None:
     assert isinstance(health, HttpProbeConfig)
     assert health.url == "https://ai-square.example/api/health"
     assert health.degraded_when.latency_over == pytest.approx(0.2)
-    journey = config.probe("learner-journey")
+    journey = config.probe("learner-journey-db")
     assert isinstance(journey, JourneyProbeConfig)
     assert [s.name for s in journey.steps][:2] == ["login", "auth-check"]
     assert set(config.runbooks) == {a.name for a in config.alerts}
@@ -66,7 +67,14 @@ def test_shipped_example_config_is_valid() -> None:
 def test_demo_config_is_valid() -> None:
     config = load_config(demo_config_dir(), environ={"TARGET_BASE_URL": "http://127.0.0.1:1"})
     assert config.settings.defaults.interval == 2.0
-    assert {p.name for p in config.probes} >= {"api-health", "content-db", "content-yaml", "learner-journey"}
+    assert {p.name for p in config.probes} >= {
+        "api-health",
+        "content-db",
+        "content-yaml",
+        "content-db-latency",
+        "learner-journey-db",
+        "learner-journey-yaml",
+    }
 
 
 def test_every_problem_is_reported_with_file_and_line(tmp_path: Path) -> None:
@@ -180,7 +188,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["validate", "--config", str(REPO)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output.startswith("ok: 7 probes, 7 SLOs, 11 alerts")
+    assert ok.output.startswith("ok: 8 probes, 7 SLOs, 11 alerts")
     root = _copy_example(tmp_path)
     (root / "probes" / "api.yaml").write_text("probes:\n  - name: x\n    kind: http\n")
     bad = runner.invoke(main, ["validate", "--config", str(root)])

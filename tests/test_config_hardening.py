@@ -408,5 +408,5 @@ def test_listen_in_watchdog_yaml_is_checked(tmp_path: Path) -> None:
 
 def test_shipped_configs_validate_with_and_without_target_base_url() -> None:
     for environ in ({}, {"TARGET_BASE_URL": "https://svc.example"}):
-        assert len(load_config(REPO, environ=environ).probes) == 7
+        assert len(load_config(REPO, environ=environ).probes) == 8
         assert load_config(REPO / "watchdog" / "demo_config", environ=environ).probes

@@ -1,14 +1,21 @@
 """Words a person reads: a spent budget reads "exhausted (burned 3.0x the budget)" (never "-200 % left"),
 an SLO has one state word wherever it is shown, and a firing alert says why it still fires and what
-resolves it. Everything from a real engine over a real store filled with results."""
+resolves it. Everything from a real engine over a real store filled with results. And the demo's story: a
+journey per cohort sees the database path's faults, and the slow database path pages in the slow phase and
+resolves after the heal."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +26,11 @@ from watchdog.cli import demo as demo_cli
 from watchdog.cli.slo import slo as slo_cli
 from watchdog.config import load_config
 from watchdog.config.slo import SloConfig
-from watchdog.core.clock import FakeClock
+from watchdog.core.clock import FakeClock, SystemClock
 from watchdog.core.results import Outcome, ProbeResult
+from watchdog.demo import ReferenceServer
 from watchdog.incidents.manager import IncidentManager
+from watchdog.probes.registry import build_probe
 from watchdog.slo import messages
 from watchdog.slo.engine import SloEngine
 from watchdog.slo.model import AlertSignal, Evaluation, RuleStatus, SloStatus
@@ -330,3 +339,143 @@ async def _incidents(tmp_path: Path) -> list[Incident]:
         return list(await store.list_incidents())
     finally:
         await store.close()
+
+
+# -- the demo's story: a journey per cohort, and the slow database path pages --------------------------
+
+DEMO_PROBES = {  # name → its cohort label
+    "api-health": None,
+    "content-db": "db",
+    "content-db-latency": "db",
+    "content-yaml": "yaml",
+    "learner-journey-db": "db",
+    "learner-journey-yaml": "yaml",
+}
+
+
+def _outcomes(**changed: str) -> dict[str, str]:
+    return {name: changed.get(name.replace("-", "_"), "ok") for name in DEMO_PROBES}
+
+
+# What each probe's content requests say in each phase of the demo (demo_cli.PHASES): the database faults
+# show in the db cohort (content-db, content-db-latency, learner-journey-db), never in the yaml cohort.
+# content-db-latency times any answer, so the outage's fast 500s are not "slow"; /api/health's SELECT 1 is
+# no content query, so only the latency reaches it.
+PHASE_OUTCOMES = (
+    _outcomes(),
+    _outcomes(content_db="failed", learner_journey_db="failed"),
+    _outcomes(
+        api_health="degraded", content_db="degraded", content_db_latency="degraded",
+        learner_journey_db="degraded",
+    ),
+    _outcomes(),
+)
+
+
+async def test_demo_probes_see_each_fault_in_the_db_cohort_only(tmp_path: Path) -> None:
+    """The demo config's probes against the reference service, once per phase with the phase's faults. The
+    journeys log in as the demo account (in YAML at the demo's 5 % canary) and still read their own cohort:
+    the db journey fails with the database path and is slow with it, the yaml journey never notices."""
+    assert [phase.faults for phase in demo_cli.PHASES] == [
+        {}, {"db_error_rate": 1.0}, {"db_latency_ms": 350}, {}
+    ]
+    service = ReferenceServer(sqlite_path=tmp_path / "content.db", rate_limits=False, db_percent=5)
+    async with service as server:
+        config = load_config(demo_cli.demo_config_dir(), environ={"TARGET_BASE_URL": server.base_url})
+        probes = [
+            build_probe(config.probe(name), defaults=config.settings.defaults, clock=SystemClock())
+            for name in DEMO_PROBES
+        ]
+        try:
+            for phase, expected in zip(demo_cli.PHASES, PHASE_OUTCOMES, strict=True):
+                server.faults.reset()
+                server.faults.update(phase.faults)
+                runs = await asyncio.gather(*(probe.run() for probe in probes))
+                seen: dict[str, str] = {}
+                for probe, results in zip(probes, runs, strict=True):
+                    assert {r.labels.get("cohort") for r in results} == {DEMO_PROBES[probe.name]}, results
+                    content = [r for r in results if r.labels.get("step") in (None, "scenarios")]
+                    steps = [r for r in results if r not in content]
+                    assert [r.outcome for r in steps] == [Outcome.OK] * len(steps), steps  # login, auth-check
+                    outcomes = {r.outcome.value for r in content}
+                    assert len(outcomes) == 1, (phase.note, probe.name, content)
+                    seen[probe.name] = outcomes.pop()
+                assert seen == expected, phase.note
+                if phase.faults:  # every module the db journey reads goes through the database
+                    journey = runs[list(DEMO_PROBES).index("learner-journey-db")]
+                    modules = {r.labels.get("module") for r in journey if r.outcome is not Outcome.OK}
+                    assert modules == {"pbl", "assessment", "discovery"}, journey
+        finally:
+            for probe in probes:
+                await probe.aclose()
+
+
+async def test_demo_latency_page_fires_in_the_slow_phase_and_resolves_after_the_heal() -> None:
+    """The demo's probe alerts through the real incident manager over the demo's timeline (a result every
+    2 s, an evaluation every 2 s, each phase's outcomes as above). Each page must leave room for what a live
+    run adds: the probes' random phase, the 1 s flush and the evaluation tick (up to ~5 s)."""
+    config = load_config(demo_cli.demo_config_dir(), environ={"TARGET_BASE_URL": "http://127.0.0.1:9"})
+    duration = 60.0  # the demo's default
+    starts = [phase.at_fraction * duration for phase in demo_cli.PHASES]
+    store = MemoryStore()
+    clock = FakeClock(T0)
+    manager = IncidentManager(config, store, clock)
+    reasons = {"failed": "status 500 not in [200]", "degraded": "latency 356 ms over 200 ms", "ok": ""}
+    events: list[tuple[float, str, str]] = []
+    for tick in range(1, int(duration // 2) + 1):
+        t = tick * 2.0
+        phase = max(i for i, start in enumerate(starts) if start <= t - 1)
+        clock.set(T0 + t - 1)
+        for name in ("content-db", "content-db-latency"):
+            outcome = Outcome(PHASE_OUTCOMES[phase][name])
+            latency = 0.356 if outcome is Outcome.DEGRADED else 0.002
+            result = ProbeResult(name, "http", "t", outcome, latency, clock.now(), reasons[outcome.value])
+            await store.record([replace(result, labels={"cohort": "db"})])
+        clock.set(T0 + t)
+        events += [(t, moved.key, moved.state) for moved in await manager.evaluate_probe_alerts()]
+
+    def when(alert: str) -> tuple[float, float]:
+        (fired,) = [t for t, key, state in events if key == f"alert:{alert}" and state == "firing"]
+        (resolved,) = [t for t, key, state in events if key == f"alert:{alert}" and state == "resolved"]
+        return fired, resolved
+
+    _, broken, slow, healed = starts
+    failing_fired, failing_resolved = when("content-db-failing")
+    assert broken < failing_fired <= broken + 10 and slow < failing_resolved <= slow + 4, events
+    # The latency page: not for the outage's fast errors, fired in the slow phase, resolved after the heal,
+    # each with room to spare before the next phase and the end of the run.
+    slow_fired, slow_resolved = when("content-db-slow")
+    assert slow < slow_fired and slow_fired + 5 <= healed, events
+    assert healed < slow_resolved and slow_resolved + 5 <= duration, events
+
+
+@pytest.mark.slow
+def test_watchdog_demo_shows_the_latency_page_firing_and_resolving(tmp_path: Path) -> None:
+    """``watchdog demo`` itself (about a minute): exit 0; the latency page fires after the slow phase starts
+    and before the heal and resolves after the heal; the summary shows the journeys by cohort."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "watchdog.cli.main", "demo", "--workdir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    marks = [out.index(phase.note) for phase in demo_cli.PHASES] + [out.index("what the watchdog saw")]
+    assert marks == sorted(marks), out
+    healthy, broken, slow, healed = (out[a:b] for a, b in itertools.pairwise(marks))
+    assert "PAGE FIRING [critical → L1] content-db-failing" in broken, out
+    assert "content-db-slow" not in healthy + broken, out
+    assert "PAGE FIRING [warning → L1] content-db-slow: The database content path is slow" in slow, out
+    assert "PAGE RESOLVED [warning → L1] content-db-slow" in healed, out
+    summary = out[marks[-1] :]
+    assert re.search(r"alert:content-db-slow\s*│\s*resolved", summary), summary
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in summary.splitlines()]
+    journeys = {(row[0], row[1]): row for row in rows if row and row[0].startswith("learner-journey-")}
+    assert {labels.split()[0] for _, labels in journeys} == {"cohort=db", "cohort=yaml"}, summary
+    for (probe, labels), row in journeys.items():
+        assert labels.startswith(f"cohort={probe.rsplit('-', 1)[1]} "), row
+        if "module=" in labels:  # the database outage fails the db journey's content steps, only those
+            assert (int(row[3]) > 0) == probe.endswith("-db"), row

@@ -312,6 +312,35 @@ async def test_flag_file_drives_the_split(start_server: StartServer, tmp_path: P
         assert set(await _sources(http, ids[:50])) == {"yaml"}
 
 
+async def test_source_pins_a_logged_in_users_cohort_on_every_content_route(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """The flag buckets a session by its user id, so a journey that logs in stays in one cohort for good:
+    the demo account is in YAML at a 5 % canary and, unpinned, never reads the database. ``?source=`` wins
+    over that bucket on every content route, and a DB-path error still says where it came from
+    (``X-Data-Source: db``), so a probe can tell a database failure from a YAML one."""
+    flag_path = tmp_path / "flags.json"
+    write_initial(flag_path, 5)
+    faults = Faults()
+    server = await start_server(flag_path=flag_path, faults=faults)
+    async with _client(server) as http:
+        login = await http.post("/api/auth/login", json={"email": "demo@example.com", "password": "demo1234"})
+        assert login.status_code == 200
+        unpinned = [await http.get(path, params={"lang": "zhTW"}) for path in MODULE_PATHS]
+        assert {response.headers["x-data-source"] for response in unpinned} == {"yaml"}
+        for path in MODULE_PATHS:
+            for source, served in (("unified", "db"), ("yaml", "yaml")):
+                response = await http.get(path, params={"lang": "zhTW", "source": source})
+                assert (response.status_code, response.headers["x-data-source"]) == (200, served), path
+
+        faults.update({"db_error_rate": 1.0})
+        for path in MODULE_PATHS:
+            failed = await http.get(path, params={"lang": "zhTW", "source": "unified"})
+            assert (failed.status_code, failed.headers["x-data-source"]) == (500, "db"), path
+            healthy = await http.get(path, params={"lang": "zhTW", "source": "yaml"})
+            assert (healthy.status_code, healthy.headers["x-data-source"]) == (200, "yaml"), path
+
+
 async def test_broken_flag_file_keeps_last_good_split(start_server: StartServer, tmp_path: Path) -> None:
     flag_path = tmp_path / "flags.json"
     write_initial(flag_path, 100)

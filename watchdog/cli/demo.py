@@ -38,11 +38,13 @@ class DemoPhase:
     note: str
 
 
+# At the default 60 s: 15 s per fault, long enough for its page to fire (three results 2 s apart, then an
+# evaluation), and 12 s after the heal for the latency page to resolve before the summary prints.
 PHASES = (
     DemoPhase(0.0, {}, "all healthy: flag at 5 % db"),
-    DemoPhase(0.35, {"db_error_rate": 1.0}, "the database path breaks (every DB-path request errors)"),
-    DemoPhase(0.65, {"db_latency_ms": 350}, "errors fixed, but the database path is slow (350 ms)"),
-    DemoPhase(0.85, {}, "all faults cleared"),
+    DemoPhase(0.3, {"db_error_rate": 1.0}, "the database path breaks (every DB-path request errors)"),
+    DemoPhase(0.55, {"db_latency_ms": 350}, "errors fixed, but the database path is slow (350 ms)"),
+    DemoPhase(0.8, {}, "all faults cleared"),
 )
 
 
