@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -166,6 +166,9 @@ class IncidentManager:
             for target in rule.targets:
                 self._inhibitors.setdefault(target, []).append((rule.source, rule.reason or rule.name))
         self._announced: set[str] = set()
+        self.on_enqueued: Callable[[], None] | None = None
+        """Called (on the daemon's loop) after a change put pages in the outbox: the daemon wakes its
+        dispatcher, so a page decided outside the evaluation (a button, the API, an intake) goes out now."""
 
     # -- queries -------------------------------------------------------------------------------------
     async def get(self, key: str) -> Incident | None:
@@ -728,6 +731,8 @@ class IncidentManager:
         )
         if incident is None:
             return None  # another replica made this change; it pages, we do not
+        if outbox and self.on_enqueued is not None:
+            self.on_enqueued()
         if event in ("fired", "resolved", "refired", "acknowledged", "reopened"):
             _log.warning(
                 "incident %s %s",
