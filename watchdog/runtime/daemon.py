@@ -82,6 +82,7 @@ class Daemon:
         self._components_warnings = list(components.warnings)
         self.dispatcher = components.dispatcher
         self.selfwatch = components.selfwatch
+        self.alerts.on_enqueued = self._dispatch_now
         self.heartbeat = components.heartbeat
         self.buffer = ResultBuffer(self.store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
