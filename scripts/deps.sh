@@ -5,6 +5,8 @@
 #   - promtool and prometheus (Debian package prometheus), prometheus-node-exporter,
 #     prometheus-postgres-exporter (with its example queries.yaml), prometheus-blackbox-exporter (bench/),
 #     prometheus-alertmanager (the webhook intake's end-to-end test);
+#   - redis-server (with redis-cli) and a Redis answering on 127.0.0.1:6379 (the redis flag backend's tests;
+#     started here, in memory, when nothing answers);
 #   - python3 with venv support when .venv does not exist yet.
 # When something is missing it is installed (apt-get) and PostgreSQL is created/started if we may: as root
 # or with passwordless sudo. Otherwise the script prints ONE line naming the exact command and exits 1.
@@ -61,6 +63,7 @@ missing_packages() {
   { has prometheus-postgres-exporter && [[ -f $EXPORTER_QUERIES ]]; } || echo prometheus-postgres-exporter
   has prometheus-blackbox-exporter || echo prometheus-blackbox-exporter
   has prometheus-alertmanager || echo prometheus-alertmanager
+  { has redis-server && has redis-cli; } || echo redis-server  # brings redis-tools (redis-cli)
   { has runuser && has setpriv; } || echo util-linux
   if ! has "$PYTHON"; then
     echo python3
@@ -148,3 +151,23 @@ fi
 
 trusted || die "PostgreSQL on 127.0.0.1:$PG_PORT refuses user postgres without a password; the tests need" \
   "'host all postgres 127.0.0.1/32 trust' first in pg_hba.conf (then: ${sudo_word}pg_ctlcluster <version> <cluster> reload)"
+
+# --- Redis on 127.0.0.1:6379 (the redis flag backend's contract tests) -----------------------------------
+REDIS_PORT=6379
+redis_up() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+if ! redis_up; then
+  redis_dir=${TMPDIR:-/tmp}
+  redis_cmd="redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT --save '' --appendonly no --dir $redis_dir"
+  if [[ $mode == check ]]; then
+    die "Redis is not answering on 127.0.0.1:$REDIS_PORT; run: $redis_cmd"
+  fi
+  note "starting Redis: $redis_cmd"
+  # Needs no root: a throwaway in-memory server for the tests (nothing saved).
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$redis_dir" --logfile "$redis_dir/watchdog-tests-redis.log" >/dev/null
+  for _ in $(seq 1 20); do
+    redis_up && break
+    sleep 0.5
+  done
+  redis_up || die "Redis did not come up on 127.0.0.1:$REDIS_PORT ($redis_cmd; log: $redis_dir/watchdog-tests-redis.log)"
+fi

@@ -452,39 +452,49 @@ class FlagdFileBackend:
         return state_of(parse_flag(load_document(self.path), self.flag_key))
 
     def _set_sync(self, percent: float, reason: str, updated_by: str, idempotency_key: str) -> FlagState:
+        # The same rules as every other backend (watchdog.flags._remote): a document the watchdog cannot
+        # read is never overwritten, except by a rollback to 0 %, which writes a valid document and keeps
+        # the damaged one beside it (``<file>.corrupt-<epoch>``).
+        from watchdog.flags._remote import CorruptDocument, decode, plan_change, verify_document
+
         target = _target(self.path)
+        where = f"flag file {target}"
         with _locked(target):
-            document = load_document(target)
-            current = parse_flag(document, self.flag_key)
-            for key, applied in _idempotency_log(current.metadata):
-                if idempotency_key and key == idempotency_key:
-                    if not math.isclose(applied, percent, abs_tol=1e-9):
-                        raise FlagError(
-                            f"idempotency key {idempotency_key!r} was already used for db_percent={applied}, "
-                            f"refusing to reuse it for {percent}"
-                        )
-                    return state_of(current)
-            flags = document["flags"]
-            flags[self.flag_key] = canonical_flag(
-                percent,
-                updated_by=updated_by,
-                reason=reason,
-                idempotency_key=idempotency_key,
-                updated_at=self._clock.now(),
-                previous=flags[self.flag_key],
-            )
             try:
-                _atomic_write(target, document)
+                raw = target.read_bytes()
+            except FileNotFoundError:
+                raise FlagError(f"flag file {target} does not exist") from None
+            except OSError as exc:
+                raise FlagError(f"cannot read flag file {target}: {exc}") from exc
+            current: Any
+            try:
+                current = decode(raw, where)
+            except CorruptDocument as exc:
+                current = exc
+            now = self._clock.now()
+            plan = plan_change(
+                current,
+                flag_key=self.flag_key,
+                percent=percent,
+                reason=reason,
+                updated_by=updated_by,
+                idempotency_key=idempotency_key,
+                now=now,
+                where=where,
+            )
+            if plan.document is None:
+                return plan.state
+            try:
+                if plan.repaired:
+                    target.with_name(f"{target.name}.corrupt-{now:.0f}").write_bytes(raw)
+                _atomic_write(target, plan.document)
             except OSError as exc:
                 raise FlagError(f"cannot write flag file {target}: {exc}") from exc
             # Read back through the same parser the readers use: proves the bytes on disk say what we meant.
-            written = state_of(parse_flag(load_document(target), self.flag_key))
-        if (
-            not math.isclose(written.db_percent, percent, abs_tol=1e-9)
-            or written.idempotency_key != idempotency_key
-        ):
-            raise FlagError(
-                f"read-back mismatch on {target}: wanted db_percent={percent} key={idempotency_key!r}, "
-                f"found db_percent={written.db_percent} key={written.idempotency_key!r}"
+            return verify_document(
+                load_document(target),
+                flag_key=self.flag_key,
+                percent=percent,
+                idempotency_key=idempotency_key,
+                where=where,
             )
-        return written
