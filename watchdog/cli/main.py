@@ -80,6 +80,7 @@ def _attach_subcommands() -> None:
     main.add_lazy_command("slo", "watchdog.cli.slo:slo")
     main.add_lazy_command("incidents", "watchdog.cli.incidents:incidents")
     main.add_lazy_command("page", "watchdog.cli.page:page")
+    main.add_lazy_command("flag", "watchdog.cli.flag:flag")
 
 
 _attach_subcommands()

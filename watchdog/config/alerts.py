@@ -208,6 +208,9 @@ class Intake(Strict):
 
 
 class AlertsFile(Strict):
+    """One ``alerts/*.yaml`` file (``rollouts`` are ``watchdog.config.rollouts.Rollout``, validated by the
+    loader)."""
+
     alerts: list[Alert] = Field(default_factory=list)
     escalation: list[EscalationPolicy] = Field(default_factory=list)
     inhibit: list[InhibitRule] = Field(default_factory=list)

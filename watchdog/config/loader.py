@@ -32,6 +32,7 @@ from watchdog.config.alerts import (
     SloAlert,
 )
 from watchdog.config.probes import ProbeConfig
+from watchdog.config.rollouts import Rollout
 from watchdog.config.settings import Settings
 from watchdog.config.slo import LatencySli, SloConfig
 
@@ -89,6 +90,7 @@ class WatchdogConfig:
     inhibit: list[InhibitRule] = field(default_factory=list)
     maintenance: list[MaintenanceWindow] = field(default_factory=list)
     intake: list[Intake] = field(default_factory=list)
+    rollouts: list[Rollout] = field(default_factory=list)
     runbooks: dict[str, Path] = field(default_factory=dict)
     origin: dict[str, Located] = field(default_factory=dict)
     """Where each probe/slo/alert was defined (key ``probe:name``, ``slo:name``, ``alert:name``)."""
@@ -425,6 +427,9 @@ def _validate(doc: _Document, model: type[BaseModel]) -> tuple[BaseModel | None,
     return (None if problems else validated), problems
 
 
+CANARY_ALERTS = ("canary-rolled-back", "canary-rollback-failed", "canary-held")
+"""The guard's own alerts: a config with rollouts needs their runbooks."""
+
 _KIND = {
     "probes": "probe",
     "slos": "slo",
@@ -433,6 +438,7 @@ _KIND = {
     "inhibit": "inhibit",
     "maintenance": "maintenance",
     "intake": "intake",
+    "rollouts": "rollout",
 }
 """Top-level list key → the kind its entries register as (``probe:<name>``)."""
 
@@ -500,6 +506,7 @@ _ALERTS_FILE_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "inhibit": TypeAdapter(InhibitRule),
     "maintenance": TypeAdapter(MaintenanceWindow),
     "intake": TypeAdapter(Intake),
+    "rollouts": TypeAdapter(Rollout),
 }
 
 
@@ -674,7 +681,7 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
     alert_docs: list[tuple[_Document, int, SloAlert | ProbeAlert]] = []
     # (file, list key, index, field, kind, name): references checked once every alerts file is read.
     references: list[tuple[_Document, str, int, str, str, str]] = []
-    alert_kinds = ("alert", "escalation", "inhibit", "maintenance", "intake")
+    alert_kinds = ("alert", "escalation", "inhibit", "maintenance", "intake", "rollout")
     for path in folders["alerts"]:
         if (doc := parse(path, alert_kinds)) is None:
             continue
@@ -701,6 +708,21 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
             if register("intake", intake.name, doc, ("intake", i)):
                 config.intake.append(intake)
                 references.append((doc, "intake", i, "escalation", "escalation", intake.escalation))
+        for i, rollout in items.valid["rollouts"]:
+            if register("rollout", rollout.name, doc, ("rollouts", i)):
+                config.rollouts.append(rollout)
+                references.append((doc, "rollouts", i, "escalation", "escalation", rollout.escalation))
+                references.append((doc, "rollouts", i, "canary", "probe", rollout.canary.probe))
+                if rollout.baseline is not None:
+                    references.append((doc, "rollouts", i, "baseline", "probe", rollout.baseline.probe))
+                for alert in CANARY_ALERTS:
+                    if not (root_path / "runbooks" / f"{alert}.md").is_file():
+                        line = doc.lines.get(("rollouts", i, "name"), 0)
+                        problems.append(
+                            ConfigProblem(
+                                doc.rel, line, f"rollouts[{i}].name", f"missing runbook runbooks/{alert}.md"
+                            )
+                        )
     for kind_name in ("alertmanager", "cloud_monitoring"):
         if sum(1 for t in config.intake if t.kind == kind_name) > 1:
             doc_i = next(d for d in references if d[1] == "intake")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from watchdog.canary.guard import CanaryGuard
 from watchdog.config.loader import WatchdogConfig
 from watchdog.core.clock import Clock, SystemClock
 from watchdog.incidents.manager import IncidentManager
@@ -69,6 +70,7 @@ class Components:
     probe_metrics: ProbeMetrics
     snapshot: StoreSnapshotCollector
     selfwatch: SelfWatch
+    guards: list[CanaryGuard] = field(default_factory=list)
     heartbeat: HeartbeatSender | None = None
     warnings: list[str] = field(default_factory=list)
     """``deployment_warnings``: logged when the daemon starts."""
@@ -89,6 +91,22 @@ class Components:
 def notifier_kinds(config: WatchdogConfig) -> set[str]:
     """Every channel kind the escalation policies name."""
     return {target.type for policy in config.escalation for level in policy.levels for target in level.notify}
+
+
+def build_guards(
+    config: WatchdogConfig,
+    store: StateStore,
+    incidents: IncidentManager,
+    clock: Clock,
+    env: Mapping[str, str],
+) -> list[CanaryGuard]:
+    """One canary guard per rollout, each with its flag backend (``watchdog.flags.registry``)."""
+    from watchdog.flags.registry import build_flag_backend
+
+    return [
+        CanaryGuard(rollout, build_flag_backend(rollout.flag, env, clock), store, incidents, clock)
+        for rollout in config.rollouts
+    ]
 
 
 def deployment_warnings(config: WatchdogConfig, env: Mapping[str, str]) -> list[str]:
@@ -128,6 +146,7 @@ def wire(
     notifiers: Mapping[str, Notifier] | None = None,
     instance: str | None = None,
     env: Mapping[str, str] | None = None,
+    guards: Sequence[CanaryGuard] | None = None,
 ) -> Components:
     """``env`` configures the notifiers (``SLACK_BOT_TOKEN``, ``SLACK_API_URL``); default: the process
     environment."""
@@ -158,6 +177,7 @@ def wire(
         probe_metrics=probe_metrics,
         snapshot=snapshot,
         selfwatch=SelfWatch(config, incidents, built_notifiers, clock, instance),
+        guards=list(guards) if guards is not None else build_guards(config, store, incidents, clock, environ),
         heartbeat=HeartbeatSender(heartbeat) if heartbeat is not None and heartbeat.url.strip() else None,
         warnings=deployment_warnings(config, environ) if notifiers is None else [],
         _builder=builder,
