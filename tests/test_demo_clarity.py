@@ -450,7 +450,7 @@ async def test_demo_latency_page_fires_in_the_slow_phase_and_resolves_after_the_
 
 
 @pytest.mark.slow
-def test_watchdog_demo_shows_the_latency_page_firing_and_resolving(tmp_path: Path) -> None:
+def test_watchdog_demo_flips_the_flag_and_shows_the_latency_page(tmp_path: Path) -> None:
     """``watchdog demo`` itself (about a minute): exit 0; the latency page fires after the slow phase starts
     and before the heal and resolves after the heal; the summary shows the journeys by cohort."""
     proc = subprocess.run(
@@ -479,3 +479,11 @@ def test_watchdog_demo_shows_the_latency_page_firing_and_resolving(tmp_path: Pat
         assert labels.startswith(f"cohort={probe.rsplit('-', 1)[1]} "), row
         if "module=" in labels:  # the database outage fails the db journey's content steps, only those
             assert (int(row[3]) > 0) == probe.endswith("-db"), row
+    # The canary guard's story: the flag flipped to YAML during the fault, by itself, and real users'
+    # requests went back to no errors, none on the database.
+    assert "the watchdog flipped the flag to YAML (0 % database), verified by reading it back" in broken, out
+    assert "PAGE FIRING [warning → L1] canary-rolled-back: Rolled back to YAML" in broken, out
+    flip = re.search(r"onset→flip: ([0-9.]+) s", out)
+    assert flip is not None and float(flip.group(1)) <= 10.0, out
+    after = re.search(r"after the flip\s+(\d+) requests, (\d+) errors .*?, (\d+) from the database", out)
+    assert after is not None and int(after.group(1)) > 100 and after.group(2) == after.group(3) == "0", out

@@ -147,8 +147,14 @@ class CanaryGuard:
 
     # -- the check -------------------------------------------------------------------------------------
     async def check(self) -> Decision:
-        record = await self.record()
-        state = await self.flag.get()
+        try:
+            record = await self.record()
+            state = await self.flag.get()
+        except FlagError as exc:
+            # The kill switch cannot be read: judge nothing, say so (the daemon logs each change of state).
+            decision = Decision("hold", f"cannot read the flag: {exc}", 0.0)
+            self.last = decision
+            return decision
         decision = await self._decide(record, state)
         self.last = decision
         return decision

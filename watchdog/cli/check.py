@@ -37,7 +37,8 @@ def validate(config_dir: Path) -> None:
     config = load_or_exit(config_dir)
     click.echo(
         f"ok: {len(config.probes)} probes, {len(config.slos)} SLOs, {len(config.alerts)} alerts, "
-        f"{len(config.escalation)} escalation policies, {len(config.runbooks)} runbooks"
+        f"{len(config.escalation)} escalation policies, {len(config.runbooks)} runbooks, "
+        f"{len(config.rollouts)} rollouts"
     )
     for warning in deployment_warnings(config, os.environ):
         click.echo(f"warning: {warning}", err=True)

@@ -41,7 +41,7 @@ class DemoPhase:
 # At the default 60 s: 15 s per fault, long enough for its page to fire (three results 2 s apart, then an
 # evaluation), and 12 s after the heal for the latency page to resolve before the summary prints.
 PHASES = (
-    DemoPhase(0.0, {}, "all healthy: flag at 5 % db"),
+    DemoPhase(0.0, {}, "all healthy: flag at 5 % db, synthetic users on both paths"),
     DemoPhase(0.3, {"db_error_rate": 1.0}, "the database path breaks (every DB-path request errors)"),
     DemoPhase(0.55, {"db_latency_ms": 350}, "errors fixed, but the database path is slow (350 ms)"),
     DemoPhase(0.8, {}, "all faults cleared"),
@@ -52,18 +52,61 @@ def demo_config_dir() -> Path:
     return Path(str(resources.files("watchdog") / "demo_config"))
 
 
+@dataclass
+class Traffic:
+    """Synthetic users on the reference service: unpinned requests, as real clients send them, each user
+    bucketed by the flag; counted per phase of the story."""
+
+    requests: dict[str, int]
+    errors: dict[str, int]
+    db: dict[str, int]
+
+    @classmethod
+    def new(cls) -> Traffic:
+        return cls({}, {}, {})
+
+    def add(self, phase: str, ok: bool, source: str | None) -> None:
+        self.requests[phase] = self.requests.get(phase, 0) + 1
+        self.errors[phase] = self.errors.get(phase, 0) + (not ok)
+        self.db[phase] = self.db.get(phase, 0) + (source == "db")
+
+    def describe(self, phase: str) -> str:
+        n = self.requests.get(phase, 0)
+        if not n:
+            return "no requests"
+        errors, db = self.errors.get(phase, 0), self.db.get(phase, 0)
+        return f"{n} requests, {errors} errors ({errors / n:.1%}), {db} from the database ({db / n:.1%})"
+
+
+async def _users(client: httpx.AsyncClient, traffic: Traffic, phase: list[str], stop: asyncio.Event) -> None:
+    """About 25 requests a second from 500 rotating users (each a stable flag bucket)."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            r = await client.get(
+                "/api/pbl/scenarios", params={"lang": "en"}, headers={"X-Request-Id": f"user-{n % 500}"}
+            )
+            traffic.add(phase[0], r.status_code < 500, r.headers.get("X-Data-Source"))
+        except httpx.HTTPError:
+            traffic.add(phase[0], False, None)
+        await asyncio.sleep(0.04)
+
+
 async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Console) -> int:
     from watchdog.demo import ReferenceServer
-    from watchdog.flags.flagd_file import write_initial
+    from watchdog.flags.flagd_file import FlagdFileBackend, write_initial
     from watchdog.runtime.serve import serve_daemon
 
     flag_path = workdir / "flags.json"
     write_initial(flag_path, 5.0)
+    flag = FlagdFileBackend(flag_path)
     service = ReferenceServer(flag_path=flag_path, sqlite_path=workdir / "content.db", rate_limits=False)
     base_url = await service.start()
     os.environ["TARGET_BASE_URL"] = base_url
     os.environ["WATCHDOG_STATE"] = str(workdir / "watchdog-state.db")
     os.environ["WATCHDOG_LISTEN"] = listen
+    os.environ["WATCHDOG_DEMO_FLAG_FILE"] = str(flag_path)
     try:
         config = load_config(demo_config_dir())
     except ConfigError as exc:
@@ -78,25 +121,49 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
     )
     loop = asyncio.get_running_loop()
     started = loop.time()
+    traffic, phase_name = Traffic.new(), ["before the fault"]
+    onset: float | None = None
+    flipped: float | None = None
+    users_stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        users = asyncio.create_task(_users(client, traffic, phase_name, users_stop))
         for phase in PHASES:
-            delay = started + phase.at_fraction * duration_s - loop.time()
-            if delay > 0:
-                done, _ = await asyncio.wait({daemon_task}, timeout=delay)
-                if done:
-                    break  # the daemon stopped early (signal or error); report what we have
+            at = started + phase.at_fraction * duration_s
+            while loop.time() < at and not daemon_task.done():
+                await asyncio.sleep(min(0.1, max(0.0, at - loop.time())))
+                if onset is not None and flipped is None and (await flag.get()).db_percent == 0.0:
+                    flipped = loop.time()
+                    phase_name[0] = "after the flip"
+                    console.print(
+                        f"[cyan]t={flipped - started:5.1f}s[/] [bold green]the watchdog flipped the flag to "
+                        "YAML (0 % database), verified by reading it back[/]"
+                    )
+            if daemon_task.done():
+                break  # the daemon stopped early (signal or error); report what we have
             # Faults merge on POST; each phase starts from a clean slate.
             (await client.delete("/_faults")).raise_for_status()
             if phase.faults:
                 (await client.post("/_faults", json=phase.faults)).raise_for_status()
+            if phase.faults.get("db_error_rate") and onset is None:
+                onset = loop.time()
+                phase_name[0] = "the fault, before the flip"
             console.print(f"[cyan]t={loop.time() - started:5.1f}s[/] {phase.note}")
         remaining = started + duration_s - loop.time()
         if remaining > 0 and not daemon_task.done():
             await asyncio.wait({daemon_task}, timeout=remaining)
+        users_stop.set()
+        await users
     stop.set()
     status = await daemon_task
     await service.stop()
     await report_summary(config, console)
+    console.print("[bold]real requests[/] (synthetic users, not pinned to a path: each follows the flag)")
+    for name in ("before the fault", "the fault, before the flip", "after the flip"):
+        console.print(f"  {name:28} {traffic.describe(name)}", highlight=False)
+    if onset is None or flipped is None:
+        console.print("[bold red]the flag was not flipped: the canary guard did not roll back[/]")
+        return status or 1
+    console.print(f"[bold]onset→flip: {flipped - onset:.1f} s[/]")
     return status
 
 

@@ -50,11 +50,12 @@ def main() -> None:
     never dropped, and climb L1 -> L2 -> L3 while nobody acknowledges (ack_within, repeat_every, timers in
     the state store); incidents are acknowledged, resolved and silenced from the Slack buttons
     (SLACK_SIGNING_SECRET or Socket Mode), `watchdog incidents` or the HTTP API (WATCHDOG_API_TOKEN);
-    Alertmanager and Cloud Monitoring alerts escalate through the same chain. The YAML/DB flag is not
-    flipped automatically.
+    Alertmanager and Cloud Monitoring alerts escalate through the same chain. The canary guard flips the
+    YAML/DB flag back to YAML by itself on conclusive evidence that the database path misbehaves
+    (`watchdog flag`).
 
-    Planned, not in this version: automatic rollback of the flag (the canary guard), Google Cloud
-    metrics and logs.
+    Planned, not in this version: Google Cloud metrics, logs, Error Reporting and Cloud Run traffic
+    rollback.
 
     \b
     Start here:
@@ -66,6 +67,7 @@ def main() -> None:
       watchdog slo report --config DIR   objectives, budgets, burn rates, forecasts
       watchdog incidents list            open incidents; ack, resolve, silence them (see --help)
       watchdog page --test --config DIR  a test page to L1, end to end
+      watchdog flag status --config DIR  the flag, the canary guard and its audit trail
       python -m watchdog.demo --help     the reference service alone (the system under test)
     """
 
