@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import signal
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog.demo import Faults, RateLimits, ReferenceServer
 from watchdog.demo.content import LANGUAGES
@@ -270,7 +272,7 @@ async def test_cache_hit_then_miss_when_disabled(start_server: StartServer) -> N
 async def _sources(
     http: httpx.AsyncClient, request_ids: list[str], path: str = "/api/pbl/scenarios"
 ) -> list[str]:
-    semaphore = asyncio.Semaphore(32)
+    semaphore = asyncio.Semaphore(4)  # more waits on httpx's pool: 3x slower here
 
     async def one(request_id: str) -> str:
         async with semaphore:
@@ -282,24 +284,59 @@ async def _sources(
     return list(await asyncio.gather(*(one(r) for r in request_ids)))
 
 
+async def _obeyed(
+    http: httpx.AsyncClient, expected: dict[str, str], within: float = 3.0, path: str = "/api/ksa"
+) -> float:
+    """Poll until every request id gets its expected data source; the seconds that took. The service reads
+    the flag through the flagd provider, which notices a changed file at its next poll (0.5 s)."""
+    started = time.monotonic()
+    while True:
+        got = await _sources(http, list(expected), path)
+        if got == list(expected.values()):
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            pytest.fail(f"the service did not obey the flag within {within} s")
+        await asyncio.sleep(0.01)
+
+
+async def _set(backend: FlagdFileBackend, percent: float, key: str) -> None:
+    """The watchdog's verified write, not in the same few-ms timestamp tick as the provider's last load (it
+    reloads when the mtime grew; see watchdog/demo/flag.py)."""
+    await asyncio.sleep(0.03)
+    await backend.set(percent, f"test: {key}", "test", key)
+
+
+USER_IDS = [f"user-{i:05d}" for i in range(4000)]
+FAST_POLL_S = 0.05
+"""The provider's poll where a test needs reloads, not their real pace (the rollback test keeps 0.5 s)."""
+
+
 async def test_flag_file_drives_the_split(start_server: StartServer, tmp_path: Path) -> None:
+    """What the watchdog's writer puts in the file is what the OpenFeature client in the service does, user by
+    user: the same users as ``choose_variant``, the same answer every time, and so about the share."""
     flag_path = tmp_path / "flags.json"
     write_initial(flag_path, 0)
-    server = await start_server(flag_path=flag_path)
+    server = await start_server(flag_path=flag_path, flag_poll_interval_s=FAST_POLL_S)
     backend = FlagdFileBackend(flag_path)
-    ids = [f"req-{i}" for i in range(600)]
+    ids = USER_IDS[:100]
     async with _client(server) as http:
-        assert set(await _sources(http, ids[:100])) == {"yaml"}
+        assert set(await _sources(http, ids)) == {"yaml"}
 
-        await backend.set(100, "full cutover", "test", "k-100")
-        assert set(await _sources(http, ids[:100])) == {"db"}
-        assert (await http.get("/_flag")).json()["db_percent"] == 100
+        await _set(backend, 100, "k-100")
+        await _obeyed(http, dict.fromkeys(ids, "db"))
+        flag = (await http.get("/_flag")).json()
+        assert flag["provider_status"] == "READY" and flag["metadata"]["dbPercent"] == 100
+        assert flag["reader"].startswith("openfeature-sdk + openfeature-provider-flagd")
 
-        await backend.set(5, "canary", "test", "k-5")
-        sources = await _sources(http, ids)
-        # Exactly flagd's choice for every targeting key, and therefore about 5 % overall.
-        assert sources == [choose_variant(DEFAULT_FLAG_KEY, r, 5.0) for r in ids]
-        assert 12 <= sources.count("db") <= 50, sources.count("db")  # 30 expected, ±3.5 sd
+        await _set(backend, 5, "k-5")
+        await _obeyed(http, {r: choose_variant(DEFAULT_FLAG_KEY, r, 5.0) for r in ids})
+        # 4,000 distinct users (the request id is the targeting key of an anonymous request): exactly the
+        # watchdog's choice for each, hence about 5 % (200 expected, sd 13.8).
+        sources = await _sources(http, USER_IDS, "/api/ksa")
+        assert sources == [choose_variant(DEFAULT_FLAG_KEY, r, 5.0) for r in USER_IDS]
+        assert 145 <= sources.count("db") <= 255, sources.count("db")
+        # The same user again: the same path.
+        assert await _sources(http, USER_IDS[:300], "/api/ksa") == sources[:300]
 
         # A logged-in user is bucketed by user id: sticky across requests.
         await http.post("/api/auth/login", json={"email": "demo@example.com", "password": "demo1234"})
@@ -307,9 +344,34 @@ async def test_flag_file_drives_the_split(start_server: StartServer, tmp_path: P
         assert len(user_sources) == 1
 
         # ?source pins a cohort whatever the flag says.
-        await backend.set(0, "rollback", "test", "k-0")
+        await _set(backend, 0, "k-0")
+        await _obeyed(http, dict.fromkeys(ids[:50], "yaml"))
         assert (await http.get("/api/ksa?source=unified")).headers["x-data-source"] == "db"
-        assert set(await _sources(http, ids[:50])) == {"yaml"}
+
+
+async def test_rollback_reaches_every_request_within_the_providers_reload_time(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """From the watchdog's verified write of db 0 % to the moment every request of the database cohort is
+    served from YAML: at most the provider's poll interval (0.5 s, its default) plus a read."""
+    flag_path = tmp_path / "flags.json"
+    write_initial(flag_path, 5)
+    server = await start_server(flag_path=flag_path)
+    backend = FlagdFileBackend(flag_path)
+    canary = [r for r in USER_IDS[:2000] if choose_variant(DEFAULT_FLAG_KEY, r, 5.0) == "db"][:40]
+    poll = server.service.flag.poll_interval_s
+    rng = random.Random(7)
+    delays = []
+    async with _client(server) as http:
+        for n in range(3):
+            await _obeyed(http, dict.fromkeys(canary, "db"))
+            await asyncio.sleep(rng.uniform(0, poll))  # any phase of the provider's poll
+            await backend.set(0, "rollback", "sre-watchdog", f"rollback-{n}")
+            delays.append(await _obeyed(http, dict.fromkeys(canary, "yaml")))
+            await _set(backend, 5, f"canary-{n}")
+        assert set(await _sources(http, USER_IDS[:300], "/api/ksa")) <= {"yaml", "db"}
+    print(f"rollback → every request on YAML: {[round(d, 3) for d in delays]} s (poll {poll} s)")
+    assert max(delays) <= poll + 0.5, delays
 
 
 async def test_source_pins_a_logged_in_users_cohort_on_every_content_route(
@@ -342,19 +404,33 @@ async def test_source_pins_a_logged_in_users_cohort_on_every_content_route(
 
 
 async def test_broken_flag_file_keeps_last_good_split(start_server: StartServer, tmp_path: Path) -> None:
+    """A torn file: the flagd provider keeps the flags it last loaded (status ERROR, retried at each poll),
+    so the service neither crashes nor changes course; a repaired file is followed again."""
     flag_path = tmp_path / "flags.json"
     write_initial(flag_path, 100)
-    server = await start_server(flag_path=flag_path)
+    server = await start_server(flag_path=flag_path, flag_poll_interval_s=FAST_POLL_S)
+    ids = USER_IDS[:50]
     async with _client(server) as http:
-        assert (await http.get("/api/ksa")).headers["x-data-source"] == "db"
-        flag_path.write_text("{ torn")
-        assert (await http.get("/api/ksa")).headers["x-data-source"] == "db"
-        status = (await http.get("/_flag")).json()
-        assert status["db_percent"] == 100 and "not valid JSON" in status["error"]
+        assert set(await _sources(http, ids, "/api/ksa")) == {"db"}
+        await asyncio.sleep(0.03)
+        whole = flag_path.read_bytes()
+        flag_path.write_bytes(whole[: len(whole) // 3])  # a non-atomic writer caught mid-write
+        deadline = time.monotonic() + 3
+        while "Could not parse JSON" not in str((status := (await http.get("/_flag")).json())["error"]):
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.02)
+        assert status["provider_status"] == "ERROR"
+        assert set(await _sources(http, ids, "/api/ksa")) == {"db"}  # the last good split
+        assert (await http.get("/api/health")).json()["status"] == "healthy"
+
+        write_initial(flag_path, 0)  # by hand: the watchdog's writer refuses to overwrite a torn file
+        await _obeyed(http, dict.fromkeys(ids, "yaml"))
+        assert (await http.get("/_flag")).json()["error"] is None
 
     missing = await start_server(flag_path=tmp_path / "missing.json")
     async with _client(missing) as http:
         assert (await http.get("/api/ksa")).headers["x-data-source"] == "yaml"  # safe default
+        assert (await http.get("/_flag")).json()["provider_status"] == "ERROR"
 
 
 async def test_db_error_rate_fails_only_the_db_path(start_server: StartServer) -> None:
@@ -376,6 +452,101 @@ async def test_db_error_rate_fails_only_the_db_path(start_server: StartServer) -
         await http.post("/_faults", json={"db_error_rate": 0.5})
         codes = [(await http.get("/api/ksa", params={"source": "unified"})).status_code for _ in range(60)]
         assert 10 <= codes.count(500) <= 50  # injected faults bypass the cache, so the rate is visible
+
+
+# --- per-cohort metrics ----------------------------------------------------------------------------------
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+async def _scrape(http: httpx.AsyncClient) -> dict[Sample, float]:
+    response = await http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _moved(before: dict[Sample, float], after: dict[Sample, float], name: str, **labels: str) -> float:
+    """How much the sum of ``name``'s series matching ``labels`` grew between two scrapes."""
+
+    def total(scrape: dict[Sample, float]) -> float:
+        return sum(
+            value
+            for (sample, sample_labels), value in scrape.items()
+            if sample == name and set(labels.items()) <= set(sample_labels)
+        )
+
+    return total(after) - total(before)
+
+
+async def test_metrics_count_requests_and_latency_per_cohort(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    flag_path = tmp_path / "flags.json"
+    write_initial(flag_path, 5)
+    server = await start_server(flag_path=flag_path)
+    ids = USER_IDS[:400]
+    flag_db = sum(choose_variant(DEFAULT_FLAG_KEY, r, 5.0) == "db" for r in ids)
+    assert 0 < flag_db < 40
+    async with _client(server) as http:
+        before = await _scrape(http)
+        await _sources(http, ids, "/api/ksa")  # the flag's choice: real users
+        for _ in range(10):
+            assert (await http.get("/api/ksa?source=unified")).status_code == 200
+        for _ in range(7):
+            assert (await http.get("/api/ksa?source=yaml")).status_code == 200
+        server.faults.update({"db_error_rate": 1.0})
+        for _ in range(5):
+            assert (await http.get("/api/pbl/scenarios?source=unified")).status_code == 500
+        server.faults.update({"db_error_rate": 0.0, "db_latency_ms": 80})
+        for _ in range(3):
+            assert (await http.get("/api/ksa?source=unified")).status_code == 200
+        server.faults.reset()
+        assert (await http.get("/api/health")).status_code == 200
+        assert (await http.get("/nowhere")).status_code == 404
+        after = await _scrape(http)
+
+    requests = "http_requests_total"
+    ksa = {"route": "/api/ksa", "status_class": "2xx"}
+    assert _moved(before, after, requests, cohort="db", selection="flag", **ksa) == flag_db
+    assert _moved(before, after, requests, cohort="yaml", selection="flag", **ksa) == len(ids) - flag_db
+    assert _moved(before, after, requests, cohort="db", selection="pinned", **ksa) == 13
+    assert _moved(before, after, requests, cohort="yaml", selection="pinned", **ksa) == 7
+    pbl = {"route": "/api/pbl/scenarios", "cohort": "db", "status_class": "5xx", "selection": "pinned"}
+    assert _moved(before, after, requests, **pbl) == 5
+    assert _moved(before, after, requests, cohort="none", route="/api/health", status_class="2xx") == 1
+    assert _moved(before, after, requests, cohort="none", route="other", status_class="4xx") == 1
+    assert _moved(before, after, requests, route="/metrics") == 0  # scrapes are not traffic
+
+    # Latency per cohort, with the SLO edges as buckets: the slow database requests (+80 ms) are above 0.05 s.
+    buckets = "http_request_duration_seconds_bucket"
+    assert {dict(labels)["le"] for name, labels in after if name == buckets} >= {"0.05", "0.2"}
+    db_ksa = {"cohort": "db", "route": "/api/ksa"}
+    assert _moved(before, after, "http_request_duration_seconds_count", **db_ksa) == flag_db + 13
+    assert _moved(before, after, buckets, le="+Inf", **db_ksa) == flag_db + 13
+    assert _moved(before, after, buckets, le="0.05", **db_ksa) <= flag_db + 10
+    yaml_ksa = {"cohort": "yaml", "route": "/api/ksa"}
+    assert _moved(before, after, "http_request_duration_seconds_count", **yaml_ksa) == len(ids) - flag_db + 7
+
+    # The flag evaluations and the database calls behind them.
+    evaluations = "feature_flag_evaluations_total"
+    assert _moved(before, after, evaluations, value="db", reason="TARGETING_MATCH") == flag_db
+    assert _moved(before, after, evaluations) == len(ids)
+    db_calls = "content_db_query_duration_seconds_count"
+    assert _moved(before, after, db_calls, kind="content", outcome="error") == 5
+    assert _moved(before, after, db_calls, kind="ping", outcome="ok") == 1
+
+    # Rate-limited requests are counted too (the counter sits outside the limiter), with no cohort.
+    limited = await start_server(rate_limits=RateLimits(default_per_minute=2))
+    async with _client(limited) as http:
+        codes = [(await http.get("/api/ksa?source=yaml")).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        scrape = await _scrape(http)
+    assert _moved({}, scrape, requests, cohort="yaml", status_class="2xx") == 2
+    assert _moved({}, scrape, requests, cohort="none", status_class="4xx", route="/api/ksa") == 1
 
 
 async def test_discovery_can_be_deliberately_unavailable(client: httpx.AsyncClient) -> None:

@@ -2,7 +2,8 @@
 
 It speaks the production HTTP contract (health, auth, scenario and framework content) so probes, tests,
 the ``watchdog demo`` command and the benchmarks have something real to hit, and it lets faults be
-injected on the database path only.
+injected on the database path only. Like a real service it reads the YAML/DB flag through the OpenFeature
+SDK and flagd's in-process provider (``flag.py``) and exports per-cohort request metrics (``metrics.py``).
 """
 
 from __future__ import annotations

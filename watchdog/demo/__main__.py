@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from watchdog.demo.faults import Faults
-from watchdog.demo.flag import DEFAULT_FLAG_KEY, write_flag_file
+from watchdog.demo.flag import DEFAULT_FLAG_KEY, DEFAULT_POLL_INTERVAL_S, write_flag_file
 from watchdog.demo.server import serve
 
 
@@ -17,8 +17,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m watchdog.demo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--flag", type=Path, help="flagd flag file deciding the YAML/DB split")
+    parser.add_argument(
+        "--flag",
+        type=Path,
+        help="flagd flag file deciding the YAML/DB split, read through OpenFeature's flagd provider "
+        "(in-process, file); without it every request reads YAML",
+    )
     parser.add_argument("--flag-key", default=DEFAULT_FLAG_KEY)
+    parser.add_argument(
+        "--flag-poll-ms",
+        type=int,
+        default=round(DEFAULT_POLL_INTERVAL_S * 1000),
+        metavar="MS",
+        help="how often the flagd provider looks for a changed --flag file (default: %(default)s, its own)",
+    )
     parser.add_argument(
         "--init-flag",
         type=float,
@@ -38,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--environment", default="development")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if not 1 <= args.flag_poll_ms <= 60_000:
+        parser.error("--flag-poll-ms must be within 1..60000")
     if args.init_flag is not None:
         if args.flag is None:
             parser.error("--init-flag needs --flag")
@@ -64,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level=args.log_level,
             flag_path=args.flag,
             flag_key=args.flag_key,
+            flag_poll_interval_s=args.flag_poll_ms / 1000.0,
             database_url=args.database_url,
             sqlite_path=args.sqlite if not args.database_url else None,
             faults=faults,

@@ -11,11 +11,13 @@ Routes (as in production unless noted):
            ``?lang=en|zhTW|zhCN&source=yaml|unified|hybrid``; headers ``X-Data-Source: yaml|db``,
            ``X-Cache: HIT|MISS``, ``X-Request-Id``
   GET|POST|DELETE /_faults           fault injection on the DB path (reference service only)
-  GET      /_flag                    the split this instance currently serves (reference service only)
+  GET      /_flag                    how this instance reads its flag: provider status, reloads, last error
+  GET      /metrics                  requests and latency per cohort (Prometheus text; see ``metrics.py``)
 
 Data path per request: ``source=yaml`` pins YAML, ``source=unified`` pins the database (so probes can
-measure a cohort even at a 5 % canary), anything else asks the flag, bucketing on the session user or
-else the request id (``X-Request-Id`` if the caller sent one).
+measure a cohort even at a 5 % canary), anything else asks the flag through the OpenFeature client
+(``flag.py``: the flagd in-process provider reading the flagd file), the targeting key being the session
+user or else the request id (``X-Request-Id`` if the caller sent one).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from openfeature.flag_evaluation import Reason
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -71,7 +74,15 @@ from watchdog.demo.database import (
     SqliteContentDatabase,
 )
 from watchdog.demo.faults import FaultInjector, Faults
-from watchdog.demo.flag import DEFAULT_FLAG_KEY, FlagSource
+from watchdog.demo.flag import DEFAULT_FLAG_KEY, DEFAULT_POLL_INTERVAL_S, FlagSource
+from watchdog.demo.metrics import (
+    EXPOSITION_CONTENT_TYPE,
+    METRICS_PATH,
+    STATE_COHORT,
+    STATE_SELECTION,
+    MetricsMiddleware,
+    ServiceMetrics,
+)
 from watchdog.demo.ratelimit import RateLimitMiddleware, RateLimits
 
 log = logging.getLogger(__name__)
@@ -160,10 +171,12 @@ class ReferenceService:
         memory_limit_bytes: int,
         session_secret: bytes,
         rng: random.Random,
+        metrics: ServiceMetrics,
     ) -> None:
         self.content = content
         self.faults = faults
         self.flag = flag
+        self.metrics = metrics
         self.database_url = database_url
         self.sqlite_path = sqlite_path
         self.cache = _ResponseCache(cache_ttl)
@@ -188,6 +201,8 @@ class ReferenceService:
 
     async def startup(self) -> None:
         self._started = time.monotonic()
+        # The provider's first load reads the file: off the event loop, like any blocking call.
+        await asyncio.to_thread(self.flag.start)
         if self.database_url:
             self._db = PostgresContentDatabase(self.database_url)
         else:
@@ -204,6 +219,7 @@ class ReferenceService:
             log.warning("database not ready at startup (%s); DB-path requests will retry", exc)
 
     async def shutdown(self) -> None:
+        await asyncio.to_thread(self.flag.stop)
         if self._db is not None:
             await self._db.close()
         if self._tempdir is not None:
@@ -211,8 +227,17 @@ class ReferenceService:
             self._tempdir = None
 
     async def _db_call(self, call: Callable[[], Awaitable[T]], *, content_query: bool = True) -> T:
-        await self.injector.before_db_call(content_query=content_query)
-        return await call()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            await self.injector.before_db_call(content_query=content_query)
+            result = await call()
+            outcome = "ok"
+            return result
+        finally:
+            self.metrics.db_queries.labels("content" if content_query else "ping", outcome).observe(
+                time.perf_counter() - started
+            )
 
     # --- health --------------------------------------------------------------------------------------
 
@@ -360,12 +385,20 @@ class ReferenceService:
     # --- content -------------------------------------------------------------------------------------
 
     def choose_source(self, request: Request, targeting_key: str) -> DataSource:
+        """The data path for this request, noted in ``request.state`` for the per-cohort metrics."""
         pinned = request.query_params.get("source")
-        if pinned == "yaml":
-            return "yaml"
-        if pinned == "unified":
-            return "db"
-        return "db" if self.flag.variant_for(targeting_key) == "db" else "yaml"
+        source: DataSource
+        if pinned in ("yaml", "unified"):
+            source, selection = ("yaml" if pinned == "yaml" else "db"), "pinned"
+        else:
+            # The real client's answer: the OpenFeature SDK, flagd's in-process provider, the flag file.
+            details = self.flag.details_for(targeting_key)
+            source, selection = ("db" if details.value == "db" else "yaml"), "flag"
+            reason = details.reason.value if isinstance(details.reason, Reason) else str(details.reason)
+            self.metrics.flag_evaluations.labels(self.flag.flag_key, source, reason).inc()
+        setattr(request.state, STATE_COHORT, source)
+        setattr(request.state, STATE_SELECTION, selection)
+        return source
 
     async def _render(self, module: Module, lang: str, source: DataSource) -> dict[str, Any]:
         content = self.content
@@ -436,6 +469,9 @@ class ReferenceService:
     async def flag_endpoint(self, request: Request) -> Response:
         return JSONResponse(self.flag.status())
 
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=EXPOSITION_CONTENT_TYPE)
+
 
 def create_app(
     *,
@@ -446,6 +482,7 @@ def create_app(
     rate_limits: bool | RateLimits = True,
     flag_key: str = DEFAULT_FLAG_KEY,
     db_percent: float = 0.0,
+    flag_poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     cache_ttl: float = 5.0,
     slow_db_ms: float = 1000.0,
     health_timeout: float = 2.0,
@@ -458,9 +495,11 @@ def create_app(
 ) -> Starlette:
     """Build the reference service.
 
-    ``flag_path``: flagd file deciding the split (re-read when it changes); without it ``db_percent`` is
-    a fixed split. ``database_url``: PostgreSQL DSN for the DB path; otherwise ``sqlite_path`` or, when
-    that is None too, a throwaway SQLite file removed at shutdown. ``DATABASE_URL`` is not read here (the
+    ``flag_path``: flagd file deciding the split, read through the OpenFeature SDK and flagd's in-process
+    provider, which looks for changes every ``flag_poll_interval_s`` (the provider's default, 0.5 s);
+    without it ``db_percent`` is a fixed split (a private flag file, read the same way). ``database_url``:
+    PostgreSQL DSN for the DB path; otherwise ``sqlite_path`` or, when that is None too, a throwaway SQLite
+    file removed at shutdown. ``DATABASE_URL`` is not read here (the
     command line does) so tests never pick up a stray environment. ``faults``: shared, mutable fault
     switches (also settable over ``/_faults``). ``rate_limits``: True for the production limits, False
     to disable (benchmarks), or a ``RateLimits``. ``slow_db_ms``: a successful ``SELECT 1`` slower than
@@ -475,7 +514,10 @@ def create_app(
         content=load_content(content_dir or CONTENT_DIR),
         faults=faults if faults is not None else Faults(),
         flag=FlagSource(
-            Path(flag_path) if flag_path is not None else None, flag_key=flag_key, fixed_db_percent=db_percent
+            Path(flag_path) if flag_path is not None else None,
+            flag_key=flag_key,
+            fixed_db_percent=db_percent,
+            poll_interval_s=flag_poll_interval_s,
         ),
         database_url=database_url,
         sqlite_path=Path(sqlite_path) if sqlite_path is not None else None,
@@ -487,6 +529,7 @@ def create_app(
         memory_limit_bytes=memory_limit_bytes,
         session_secret=session_secret or secrets.token_bytes(32),
         rng=random.Random(random_seed),
+        metrics=ServiceMetrics(),
     )
 
     @contextlib.asynccontextmanager
@@ -511,11 +554,16 @@ def create_app(
         Route("/api/relations", service.content_endpoint("relations"), methods=["GET"]),
         Route("/_faults", service.faults_endpoint, methods=["GET", "POST", "DELETE"]),
         Route("/_flag", service.flag_endpoint, methods=["GET"]),
+        Route(METRICS_PATH, service.metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RateLimitMiddleware, limits=limits)],
+        middleware=[
+            # Outermost, so rate-limited (429) and failed requests are counted too.
+            Middleware(MetricsMiddleware, metrics=service.metrics, routes=[route.path for route in routes]),
+            Middleware(RateLimitMiddleware, limits=limits),
+        ],
     )
     app.state.service = service
     return app

@@ -1,289 +1,111 @@
-"""How the reference service reads the content-source flag on its own, as a flagd in-process provider does.
+"""How the reference service reads the content-source flag: as a real service does, through the OpenFeature
+SDK (PyPI ``openfeature-sdk``) and flagd's in-process provider (``openfeature-provider-flagd``) reading the
+flagd file, so the tests prove that what the watchdog writes is what a real client obeys.
 
-The reference service is the system under test, so this module shares no code with the watchdog (which
-*writes* the file through ``watchdog.flags.flagd_file``): a bug in one parser must not hide behind the
-same bug in the other. Both follow the flagd flag-definition format, and ``tests/test_demo_flag_reader.py``
-checks that the two independent implementations agree.
+The reference service is the system under test: nothing here comes from the watchdog (which *writes* the
+file through ``watchdog.flags.flagd_file``) and nothing evaluates the flag by hand. Per request the service
+asks ``client.get_string_details("content-data-source", "yaml", EvaluationContext(targeting_key=...))``
+and reads the database when the value is ``"db"``, YAML otherwise. What that means, as the provider
+(flagd-core) does it:
 
-The file is a flagd flag-definition document::
+* The split: flagd's ``fractional`` rule, MurmurHash3 of flag key + targeting key onto the weights, so a
+  user is sticky and the database cohort only grows while the share grows. The provider line pinned in
+  ``pyproject.toml`` (``openfeature-provider-flagd`` 0.5, ``openfeature-flagd-core`` 1.x) buckets exactly
+  as flagd itself and ``watchdog.flags.flagd_file.choose_variant`` ("v2"); flagd-core 2.x hashes a CBOR
+  encoding instead ("v3"; flagd's own releases did not, when this was written): the same shares,
+  different users.
+  ``tests/test_demo_flag_reader.py`` notices such an upgrade.
+* Reloads: the provider polls the file's mtime every ``poll_interval_s`` (its ``deadline_ms``, 500 ms by
+  default) on a thread of its own and reloads when the mtime grew; a rewrite that keeps the same mtime (two
+  writes within one filesystem timestamp tick, or a file whose mtime was set back) is not seen until the
+  next change.
+* A file the provider cannot load (torn, not JSON, a flag it refuses): it keeps the flags it last loaded
+  and keeps answering from them (provider status ERROR, retried at every poll); a file that never loaded
+  (missing, torn at start): no flag, so every request gets the coded default, YAML.
+* A well-formed document without the flag (FLAG_NOT_FOUND), a ``DISABLED`` flag, a variant the flag does
+  not define: the coded default, YAML.
 
-    {"$schema": "https://flagd.dev/schema/v0/flags.json",
-     "flags": {"content-data-source": {
-        "state": "ENABLED", "variants": {"yaml": "yaml", "db": "db"}, "defaultVariant": "yaml",
-        "targeting": {"fractional": [["db", 500], ["yaml", 9500]]}}}}
-
-and is evaluated as flagd does (flagd ``core/pkg/evaluator``: ``json.go``, ``fractional.go``; the
-flagd-testbed ``fractional``, ``disabled`` and edge-case suites), for the evaluation context
-``{"targetingKey": <key>, "$flagd": {"flagKey": <flag key>, "timestamp": <now>}}``:
-
-* A document flagd would refuse to load keeps the last good version in force (flagd keeps its previous
-  flags when an update fails): not JSON (NaN/Infinity included), not an object, no ``flags`` object, a flag
-  that is not an object or whose ``state``/``defaultVariant``/``variants``/``metadata`` have the wrong JSON
-  type, or a ``defaultVariant`` that is not one of the flag's variants — for *any* flag of the document,
-  as flagd validates them all. This reader also refuses (its own limit, not flagd's) targeting other than
-  one ``fractional`` rule whose arguments use no JSONLogic operators beyond ``var`` and ``cat``.
-* The flag missing from a loadable document: flagd answers FLAG_NOT_FOUND and the application falls back
-  to its coded default, ``yaml``. ``error`` says so.
-* ``"state": "DISABLED"``: flagd resolves with reason DISABLED and the application gets its coded default,
-  ``yaml`` — whatever ``defaultVariant`` says. Any other state (or none) is enabled: flagd only looks for
-  ``DISABLED``.
-* No targeting (absent, ``null`` or ``{}``): ``defaultVariant`` (reason STATIC); without a
-  ``defaultVariant``, the coded default (FALLBACK).
-* ``fractional``: the first argument, once evaluated, is the bucketing value if it is a string; otherwise
-  (dropped when null) the bucketing value is flag key + targeting key, and an empty targeting key matches
-  nothing. The bucketing value's MurmurHash3 (x86, 32-bit, seed 0, unsigned) ``h`` picks
-  ``(h * total_weight) >> 32`` in ``[0, total_weight)``; variants own consecutive weight ranges in listed
-  order. A weight defaults to 1 when omitted or null; negative weights count as 0. The rule matches
-  nothing — so ``defaultVariant`` is served — when an entry is not a non-empty list, a weight is not a
-  number or not an integer, a weight or the total exceeds 2**31 - 1, or the total is 0.
-* A variant chosen by the rule that the flag does not define is an evaluation error: coded default.
-* What the application receives is the chosen variant's *value*, as an OpenFeature client sees it: the
-  service reads the database when that value is ``"db"`` and YAML otherwise.
+Without a flag file the service still reads its split through the provider: a private flagd file at
+``fixed_db_percent`` (0 by default: all YAML) that nobody else writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
+import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import mmh3
+from openfeature import api
+from openfeature.client import OpenFeatureClient
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
+from openfeature.exception import ErrorCode, OpenFeatureError
+from openfeature.flag_evaluation import FlagEvaluationDetails
+from openfeature.provider import ProviderStatus
+from openfeature.provider.no_op_provider import NoOpProvider
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FLAG_KEY = "content-data-source"
 """The flag the reference service asks for unless told otherwise."""
 CODED_DEFAULT: Literal["yaml"] = "yaml"
-"""What the application falls back to whenever flagd resolves no value: the safe, pre-migration path."""
+"""What the application falls back to whenever the provider resolves no value: the pre-migration path."""
 WEIGHT_SCALE = 10_000
-"""A fixed split (no flag file) and ``write_flag_file`` use weights out of 10,000: 0.01 % resolution."""
+"""``write_flag_file`` writes weights out of 10,000: 0.01 % resolution, like the watchdog's writer."""
 SCHEMA_URL = "https://flagd.dev/schema/v0/flags.json"
-_MAX_WEIGHT = 2**31 - 1
-_SUPPORTED_OPERATORS = frozenset({"var", "cat"})
+DEFAULT_POLL_INTERVAL_S = 0.5
+"""The flagd provider's own default (``deadline_ms`` 500): how often its file watcher looks at the mtime."""
 
 Source = Literal["yaml", "db"]
 
-
-class FlagFileError(Exception):
-    """The flag file cannot be used: flagd would refuse it, or it is beyond what this reader evaluates."""
+_domains = itertools.count(1)
 
 
-# --- the JSONLogic subset the fractional rule needs ----------------------------------------------------
+class _OncePerCause(logging.Filter):
+    """flagd's file watcher logs the same error, with a traceback, at every poll (twice a second) while the
+    file is broken or missing; let each cause through once, without the traceback. Installed on the
+    provider's logger (``openfeature.contrib``) only, and only affects its ``handle_error`` records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName != "handle_error":
+            return True
+        message = record.getMessage()
+        if message == self._last:
+            return False
+        self._last = message
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+    def reset(self) -> None:
+        self._last = None
 
 
-def _check_supported(node: Any, flag_key: str) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _check_supported(item, flag_key)
-    elif isinstance(node, dict):
-        if len(node) != 1 or next(iter(node)) not in _SUPPORTED_OPERATORS:
-            raise FlagFileError(
-                f"flag {flag_key!r}: the reference service evaluates 'fractional' with 'var' and 'cat' "
-                f"only, not {json.dumps(node)[:80]}"
-            )
-        _check_supported(next(iter(node.values())), flag_key)
+_PROVIDER_LOG_FILTER = _OncePerCause()
+_filter_lock = threading.Lock()
 
 
-def _number_text(value: float) -> str:
-    # JSONLogic's cat in flagd's engine prints numbers as Go's FormatFloat(n, 'f', -1, 64): 1.0 -> "1".
-    if isinstance(value, int) or value.is_integer():
-        return str(int(value))
-    return repr(value)
-
-
-def _apply(node: Any, data: Mapping[str, Any]) -> Any:
-    """Evaluate ``node`` (already checked by ``_check_supported``) against the evaluation context."""
-    if isinstance(node, list):
-        return [_apply(item, data) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ((operator, raw_args),) = node.items()
-    args = _apply(raw_args, data)
-    if operator == "var":
-        return _var(args, data)
-    return _cat(args)
-
-
-def _var(args: Any, data: Mapping[str, Any]) -> Any:
-    default: Any = None
-    if isinstance(args, list):
-        if not args:
-            return data
-        default = args[1] if len(args) > 1 else None
-        args = args[0]
-    if args is None or args == "":
-        return data
-    if isinstance(args, bool) or not isinstance(args, str | int | float):
-        return default
-    value: Any = data
-    for part in (args if isinstance(args, str) else _number_text(args)).split("."):
-        if not part:
-            continue
-        if not isinstance(value, Mapping):
-            return default
-        value = value.get(part)
-        if value is None:
-            return default
-    return value
-
-
-def _cat(args: Any) -> str | None:
-    items = args if isinstance(args, list) else [args]
-    parts: list[str] = []
-    for item in items:
-        if item is None:
-            parts.append("")
-        elif isinstance(item, str):
-            parts.append(item)
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            parts.append(_number_text(item))
-        else:
-            return None  # not a string: fractional then buckets on flag key + targeting key
-    text = "".join(parts)
-    # flagd's JSONLogic engine trims the joined result when cat has more than one argument.
-    return text.strip() if len(items) > 1 else text
-
-
-# --- fractional -----------------------------------------------------------------------------------------
-
-
-def _split_bucketing(args: list[Any]) -> tuple[str | None, list[Any]]:
-    """The explicit bucketing value (None: flag key + targeting key) and the distribution entries."""
-    first = args[0]
-    if isinstance(first, str):
-        return first, args[1:]
-    return None, args[1:] if first is None else args
-
-
-def _weights(entries: list[Any]) -> list[tuple[Any, int]] | None:
-    """``(variant, weight)`` per entry with flagd's weight rules; None where flagd's rule fails."""
-    weighted: list[tuple[Any, int]] = []
-    for entry in entries:
-        if not isinstance(entry, list) or not entry or isinstance(entry[0], list | dict):
-            return None
-        weight = 1
-        if len(entry) >= 2 and entry[1] is not None:
-            raw = entry[1]
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                return None
-            if not math.isfinite(raw) or raw != int(raw) or raw > _MAX_WEIGHT:
-                return None
-            weight = max(int(raw), 0)
-        weighted.append((entry[0], weight))
-    total = sum(weight for _, weight in weighted)
-    if not 0 < total <= _MAX_WEIGHT:
-        return None
-    return weighted
-
-
-def _fractional(args: Any, flag_key: str, targeting_key: str | None) -> Any:
-    """flagd's ``fractional`` on evaluated arguments: the chosen entry's variant, or None (no match)."""
-    if not isinstance(args, list) or not args:
-        return None
-    bucketing, entries = _split_bucketing(args)
-    if bucketing is None:
-        if not targeting_key:
-            return None
-        bucketing = flag_key + targeting_key
-    weighted = _weights(entries)
-    if weighted is None:
-        return None
-    total = sum(weight for _, weight in weighted)
-    bucket = (mmh3.hash(bucketing.encode("utf-8"), 0, signed=False) * total) >> 32
-    range_end = 0
-    for variant, weight in weighted:
-        range_end += weight
-        if bucket < range_end:
-            return variant
-    return None  # unreachable: bucket < total
-
-
-def _variant_name(result: Any) -> str | None:
-    """The variant name flagd reads from a targeting result (it strips the JSON quotes); None = no match."""
-    if result is None:
-        return None
-    if isinstance(result, str):
-        return result
-    if isinstance(result, bool):
-        return "true" if result else "false"
-    if isinstance(result, int | float):
-        return _number_text(result)
-    return json.dumps(result)
-
-
-# --- the flag --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Flag:
-    key: str
-    disabled: bool
-    variants: Mapping[str, Any]
-    default_variant: str | None
-    fractional: Any
-    """The ``fractional`` arguments as written (JSONLogic, evaluated per request); None: no targeting."""
-
-    def _context(self, targeting_key: str | None) -> dict[str, Any]:
-        context: dict[str, Any] = {"$flagd": {"flagKey": self.key, "timestamp": int(time.time())}}
-        if targeting_key is not None:
-            context["targetingKey"] = targeting_key
-        return context
-
-    def _source_of(self, variant: str | None) -> Source:
-        if variant is None or variant not in self.variants:
-            return CODED_DEFAULT  # no default variant (FALLBACK) or an undefined variant (GENERAL error)
-        return "db" if self.variants[variant] == "db" else "yaml"
-
-    def resolve(self, targeting_key: str) -> Source:
-        if self.disabled:
-            return CODED_DEFAULT
-        if self.fractional is None:
-            return self._source_of(self.default_variant)
-        args = _apply(self.fractional, self._context(targeting_key))
-        name = _variant_name(_fractional(args, self.key, targeting_key))
-        return self._source_of(self.default_variant if name is None else name)
-
-    @property
-    def db_percent(self) -> float:
-        """Share of the bucket space (0..100) resolved to the database."""
-        if self.disabled:
-            return 0.0
-        default_share = 100.0 if self._source_of(self.default_variant) == "db" else 0.0
-        if self.fractional is None:
-            return default_share
-        args = _apply(self.fractional, self._context(None))
-        if not isinstance(args, list) or not args:
-            return default_share
-        weighted = _weights(_split_bucketing(args)[1])
-        if weighted is None:
-            return default_share
-        total = sum(weight for _, weight in weighted)
-        db = 0
-        for variant, weight in weighted:
-            name = _variant_name(variant)
-            if self._source_of(self.default_variant if name is None else name) == "db":
-                db += weight
-        return db * 100.0 / total
-
-
-def _fixed_flag(flag_key: str, db_percent: float) -> _Flag:
-    db_weight = round(db_percent * WEIGHT_SCALE / 100.0)
-    return _Flag(
-        key=flag_key,
-        disabled=False,
-        variants={"yaml": "yaml", "db": "db"},
-        default_variant="yaml",
-        fractional=[["db", db_weight], ["yaml", WEIGHT_SCALE - db_weight]],
-    )
+def _install_log_filter() -> None:
+    provider_log = logging.getLogger("openfeature.contrib")
+    with _filter_lock:
+        if _PROVIDER_LOG_FILTER not in provider_log.filters:
+            provider_log.addFilter(_PROVIDER_LOG_FILTER)
 
 
 def _check_percent(db_percent: float) -> float:
@@ -294,157 +116,169 @@ def _check_percent(db_percent: float) -> float:
     return float(db_percent)
 
 
-def _check_flag(key: str, flag: Any) -> None:
-    """What flagd checks when it loads a document (JSON types of the fields, defaultVariant)."""
-    if flag is None:
-        return  # flagd decodes a null flag as an empty one
-    if not isinstance(flag, dict):
-        raise FlagFileError(f"flag {key!r} must be a JSON object")
-    for field, kind in (("state", str), ("defaultVariant", str), ("variants", dict), ("metadata", dict)):
-        value = flag.get(field)
-        if value is not None and not isinstance(value, kind):
-            raise FlagFileError(f"flag {key!r}: {field} has the wrong JSON type ({json.dumps(value)[:40]})")
-    default = flag.get("defaultVariant")
-    if default and default not in (flag.get("variants") or {}):
-        raise FlagFileError(f"flag {key!r}: defaultVariant {default!r} is not one of its variants")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _read_flag(path: Path, flag_key: str) -> _Flag | None:
-    """The flag as flagd would load it from ``path``; None when the document does not define it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise FlagFileError(f"cannot read flag file {path}: {exc.strerror or exc}") from exc
-    try:
-        document = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise FlagFileError(f"flag file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise FlagFileError(f"flag file {path} must contain a JSON object")
-    flags = document.get("flags")
-    if not isinstance(flags, dict):
-        raise FlagFileError(f"flag file {path} has no 'flags' object")
-    for key, flag in flags.items():
-        _check_flag(key, flag)
-    flag = flags.get(flag_key)
-    if flag is None:
-        return None
-    targeting = flag.get("targeting")
-    if targeting is None or targeting == {}:
-        fractional = None
-    elif isinstance(targeting, dict) and list(targeting) == ["fractional"]:
-        fractional = targeting["fractional"]
-        _check_supported(fractional, flag_key)
-    else:
-        raise FlagFileError(
-            f"flag {flag_key!r}: the reference service only evaluates a single 'fractional' targeting rule"
-        )
-    return _Flag(
-        key=flag_key,
-        disabled=flag.get("state") == "DISABLED",
-        variants=flag.get("variants") or {},
-        default_variant=flag.get("defaultVariant") or None,
-        fractional=fractional,
-    )
-
-
-# --- the source the service asks ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Signature:
-    mtime_ns: int
-    size: int
-    inode: int
-
-
 class FlagSource:
-    """The current split, from a flagd file re-read only when it changes, or a fixed percentage.
+    """The content-source flag through an OpenFeature client bound to its own flagd in-process provider.
 
-    Each call costs one ``stat`` (microseconds, so it is done inline on the event loop); the file is
-    re-read only when mtime, size or inode changed — an atomic rename always yields a new inode, so a
-    change within one mtime tick is still seen. A broken file keeps the last good version, as flagd does;
-    with no good version ever read the service serves YAML, the safe default. See the module docstring for
-    how a missing or DISABLED flag resolves (YAML, the coded default).
+    ``path``: the flagd file the provider watches; None: a private file at ``fixed_db_percent`` (0..100),
+    written at ``start()``. Each instance registers its provider under a domain of its own, so several
+    services in one process (tests, ``watchdog demo``) each follow their own file. ``start()`` and
+    ``stop()`` block briefly (the first read of the file); before ``start()`` and after ``stop()`` every
+    request gets the coded default, YAML.
     """
 
     def __init__(
-        self, path: Path | None, *, flag_key: str = DEFAULT_FLAG_KEY, fixed_db_percent: float = 0.0
+        self,
+        path: Path | None,
+        *,
+        flag_key: str = DEFAULT_FLAG_KEY,
+        fixed_db_percent: float = 0.0,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
+        if not (isinstance(poll_interval_s, int | float) and 0.001 <= poll_interval_s <= 60):
+            raise ValueError(f"poll_interval_s must be within 0.001..60, got {poll_interval_s!r}")
         self.path = path
         self.flag_key = flag_key
-        self.fixed_db_percent = fixed_db_percent
-        self._fixed = _fixed_flag(flag_key, _check_percent(fixed_db_percent))
-        self._signature: _Signature | None = None
-        self._loaded = False
-        self._flag: _Flag | None = None
+        self.fixed_db_percent = _check_percent(fixed_db_percent)
+        self.poll_interval_s = float(poll_interval_s)
+        self.domain = f"reference-service-{os.getpid()}-{next(_domains)}"
+        self.client: OpenFeatureClient = api.get_client(domain=self.domain)
         self.error: str | None = None
+        """The provider's last error (the file cannot be read or parsed), None once a load succeeds."""
         self.reloads = 0
-
-    def _refresh(self) -> None:
-        if self.path is None:
-            return
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            self._note_error(f"cannot stat flag file {self.path}: {exc.strerror}")
-            return
-        signature = _Signature(st.st_mtime_ns, st.st_size, st.st_ino)
-        if signature == self._signature:
-            return
-        self._signature = signature
-        try:
-            flag = _read_flag(self.path, self.flag_key)
-        except FlagFileError as exc:
-            self._note_error(str(exc))
-            return
-        self._loaded = True
-        self._flag = flag
-        self.reloads += 1
-        if flag is None:
-            self.error = f"flag {self.flag_key!r} not found in {self.path}: serving {CODED_DEFAULT}"
-            log.warning("%s (flagd: FLAG_NOT_FOUND, the coded default)", self.error)
-            return
-        self.error = None
-        log.info("flag %s reloaded from %s: db_percent=%s", self.flag_key, self.path, flag.db_percent)
-
-    def _note_error(self, message: str) -> None:
-        if message != self.error:
-            log.warning("%s (keeping %s)", message, "last good flag" if self._loaded else "all-YAML default")
-        self.error = message
+        """How many times the provider loaded the file (PROVIDER_CONFIGURATION_CHANGED events)."""
+        self._provider: FlagdProvider | None = None
+        self._tempdir: Path | None = None
+        self._lock = threading.Lock()
+        self._handlers = (
+            (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self._on_changed),
+            (ProviderEvent.PROVIDER_READY, self._on_ready),
+            (ProviderEvent.PROVIDER_ERROR, self._on_error),
+        )
 
     @property
-    def db_percent(self) -> float:
-        self._refresh()
+    def provider(self) -> FlagdProvider | None:
+        """The flagd provider behind ``client`` while started."""
+        return self._provider
+
+    @property
+    def watched_path(self) -> Path | None:
+        """The file the provider reads: ``path``, or the private file of a fixed split once started."""
+        if self.path is not None:
+            return self.path
+        return self._tempdir / "flags.json" if self._tempdir is not None else None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the provider and wait for its first load; a file it cannot load is logged, not raised:
+        the provider keeps polling and the service serves YAML until a good version appears."""
+        if self._provider is not None:
+            raise RuntimeError("flag source already started")
         if self.path is None:
-            return self.fixed_db_percent
-        return self._flag.db_percent if self._flag is not None else 0.0
+            self._tempdir = Path(tempfile.mkdtemp(prefix="refsvc-flag-"))
+            write_flag_file(self._tempdir / "flags.json", self.fixed_db_percent, flag_key=self.flag_key)
+        watched = self.watched_path
+        assert watched is not None
+        _install_log_filter()
+        for event, handler in self._handlers:
+            self.client.add_handler(event, handler)
+        self._provider = FlagdProvider(
+            resolver_type=ResolverType.IN_PROCESS,
+            offline_flag_source_path=str(watched),
+            deadline_ms=max(1, round(self.poll_interval_s * 1000)),
+        )
+        try:
+            api.set_provider_and_wait(self._provider, domain=self.domain)
+        except Exception as exc:  # the provider keeps polling; the service must start and serve YAML
+            reason = exc.error_message if isinstance(exc, OpenFeatureError) else None
+            cause = exc.__cause__ or exc
+            self._note_error(
+                f"flag file {watched} not loaded ({reason or 'provider not ready'}: {cause}): "
+                f"serving {CODED_DEFAULT} until it loads"
+            )
+        else:
+            log.info("flag %s read from %s through the OpenFeature flagd provider", self.flag_key, watched)
+
+    def stop(self) -> None:
+        provider, self._provider = self._provider, None
+        if provider is None:
+            return
+        for event, handler in self._handlers:
+            with contextlib.suppress(ValueError):
+                self.client.remove_handler(event, handler)
+        # The registry shuts the replaced provider down on a thread of its own; stop its watcher now too.
+        api.set_provider(NoOpProvider(), domain=self.domain)
+        provider.shutdown()
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+    # --- provider events (on the SDK's event threads) ------------------------------------------------------
+
+    def _on_changed(self, details: EventDetails) -> None:
+        with self._lock:
+            self.reloads += 1
+            recovered, self.error = self.error, None
+        _PROVIDER_LOG_FILTER.reset()
+        if recovered is not None:
+            log.info("flag file %s loaded again (was: %s)", self.watched_path, recovered)
+        log.info("flag %s reloaded from %s", self.flag_key, self.watched_path)
+
+    def _on_ready(self, details: EventDetails) -> None:
+        with self._lock:
+            self.error = None
+
+    def _on_error(self, details: EventDetails) -> None:
+        if details.error_code is ErrorCode.PROVIDER_NOT_READY:
+            return  # the first load failed: start() has said so, with the cause
+        message = details.message or "the flagd provider reported an error"
+        self._note_error(
+            f"{message} ({self.watched_path}): keeping the flags last loaded, if any, else {CODED_DEFAULT}"
+        )
+
+    def _note_error(self, message: str) -> None:
+        with self._lock:
+            changed = message != self.error
+            self.error = message
+        if changed:
+            log.warning("%s", message)
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+
+    def details_for(self, targeting_key: str) -> FlagEvaluationDetails[str]:
+        """The provider's full answer for this targeting key (value, variant, reason, error, metadata)."""
+        return self.client.get_string_details(
+            self.flag_key, CODED_DEFAULT, EvaluationContext(targeting_key=targeting_key)
+        )
 
     def variant_for(self, targeting_key: str) -> Source:
-        """``yaml`` or ``db`` for this user/request, flagd-compatible and sticky per targeting key."""
-        self._refresh()
-        if self.path is None:
-            return self._fixed.resolve(targeting_key)
-        if self._flag is None:
-            return CODED_DEFAULT
-        return self._flag.resolve(targeting_key)
+        """``db`` when the flag's value for this user/request is ``"db"``, else ``yaml``."""
+        return "db" if self.details_for(targeting_key).value == "db" else "yaml"
 
     def status(self) -> dict[str, Any]:
-        percent = self.db_percent
+        details = self.details_for("status")
+        watched = self.watched_path
+        provider_status = self.client.get_provider_status()
+        evaluation_error = details.error_message or (details.error_code.value if details.error_code else None)
+        # Events arrive on the SDK's thread pool, in any order: the registry's status is the truth.
+        error = None
+        if provider_status is not ProviderStatus.READY:
+            error = self.error or f"provider status {provider_status.value}"
         return {
             "flag_key": self.flag_key,
             "path": str(self.path) if self.path is not None else None,
-            "db_percent": percent,
-            "error": self.error,
+            "watched_path": str(watched) if watched is not None else None,
+            "reader": "openfeature-sdk + openfeature-provider-flagd (in-process, file)",
+            "provider_status": provider_status.value,
+            "poll_interval_s": self.poll_interval_s,
             "reloads": self.reloads,
+            "error": error,
+            "evaluation_error": evaluation_error,
+            "metadata": dict(details.flag_metadata),
         }
 
 
-# --- bootstrapping a file (python -m watchdog.demo --init-flag) -----------------------------------------
+# --- bootstrapping a file (python -m watchdog.demo --init-flag; a fixed split) ---------------------------
 
 
 def write_flag_file(path: Path, db_percent: float, *, flag_key: str = DEFAULT_FLAG_KEY) -> None:

@@ -1,9 +1,10 @@
 """Per-instance rate limits of the watched service: auth 10/min, everything else 100/min.
 
 The health routes and ``/api/auth/check`` are exempt, as in production; so are the reference service's
-own control routes (``/_faults``, ``/_flag``). Fixed one-minute windows per client, like the app's
-in-memory limiter; the client is the first ``X-Forwarded-For`` hop (Cloud Run sits behind a proxy) or
-the peer address. The service has no AI routes, so the contract's 20/min AI class has nothing to limit.
+own control routes (``/_faults``, ``/_flag``) and ``/metrics``. Fixed one-minute windows per client, like
+the app's in-memory limiter; the client is the first ``X-Forwarded-For`` hop (Cloud Run sits behind a
+proxy) or the peer address. The service has no AI routes, so the contract's 20/min AI class has nothing to
+limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-EXEMPT_PATHS = frozenset({"/api/health", "/api/monitoring/health", "/api/simple-health", "/api/auth/check"})
+EXEMPT_PATHS = frozenset(
+    {"/api/health", "/api/monitoring/health", "/api/simple-health", "/api/auth/check", "/metrics"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from tenacity import (
 
 from watchdog.core.clock import Clock
 from watchdog.flags.base import FlagError, FlagState
-from watchdog.flags.flagd_file import (
+from watchdog.flags.flagd_format import (
     SCHEMA_URL,
     _idempotency_log,
     canonical_flag,
