@@ -1257,6 +1257,10 @@ async def test_write_initial_sets_fractional_weights_out_of_10000(tmp_path: Path
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+def _backups(folder: Path) -> list[Path]:
+    return sorted(folder.glob("flags.json.corrupt-*"))
+
+
 async def test_corrupted_json_is_a_flag_error(tmp_path: Path) -> None:
     path = tmp_path / "flags.json"
     write_initial(path, 5)
@@ -1270,7 +1274,7 @@ async def test_corrupted_json_is_a_flag_error(tmp_path: Path) -> None:
     # A rollback still produces a valid document, and keeps the damaged one beside it.
     state = await backend.set(0, "rollback", "sre-watchdog", "k")
     assert state.db_percent == 0.0 and (await backend.get()).db_percent == 0.0
-    (backup,) = tmp_path.glob("flags.json.corrupt-*")
+    (backup,) = _backups(tmp_path)
     assert backup.read_text() == '{"flags": {"content-data-source": {"state": "ENAB'
 
 
