@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from watchdog.canary import cohorts
 from watchdog.canary.sequential import RateEvidence, rate_above, rate_below
 from watchdog.config.rollouts import Cohort, Rollout
 from watchdog.core.clock import Clock
@@ -195,9 +196,10 @@ class CanaryGuard:
         since = float(data.get("stage_started_at", now)) + self.rollout.grace
         limits = self.rollout.limits
         threshold = limits.latency.threshold if limits.latency else None
-        canary = await cohort_counts(self._store, self.rollout.canary, since, now, threshold)
+        count = cohorts.counter(self, cohort_counts, Counts)
+        canary = await count("canary", self.rollout.canary, since, now, threshold)
         baseline = (
-            await cohort_counts(self._store, self.rollout.baseline, since, now, threshold)
+            await count("baseline", self.rollout.baseline, since, now, threshold)
             if self.rollout.baseline is not None
             else None
         )

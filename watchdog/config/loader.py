@@ -712,9 +712,9 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
             if register("rollout", rollout.name, doc, ("rollouts", i)):
                 config.rollouts.append(rollout)
                 references.append((doc, "rollouts", i, "escalation", "escalation", rollout.escalation))
-                references.append((doc, "rollouts", i, "canary", "probe", rollout.canary.probe))
-                if rollout.baseline is not None:
-                    references.append((doc, "rollouts", i, "baseline", "probe", rollout.baseline.probe))
+                for role, cohort in (("canary", rollout.canary), ("baseline", rollout.baseline)):
+                    if cohort is not None and cohort.probe is not None:  # a prometheus cohort names none
+                        references.append((doc, "rollouts", i, role, "probe", cohort.probe))
                 for alert in CANARY_ALERTS:
                     if not (root_path / "runbooks" / f"{alert}.md").is_file():
                         line = doc.lines.get(("rollouts", i, "name"), 0)

@@ -1,16 +1,18 @@
 """Rollouts (``rollouts:`` in ``alerts/*.yaml``): a canary the watchdog guards and rolls back by itself.
 
 A rollout names the flag and where it lives, the canary cohort (the probe, and labels, pinned to the
-database path) and optionally the baseline cohort (pinned to YAML), the limits (absolute, and relative to
+database path, or the service's own request counters of that path in Prometheus) and optionally the
+baseline cohort (pinned to YAML, likewise), the limits (absolute, and relative to
 the baseline), the sequential test's ``alpha`` and minimum sample, what to do without data (hold, never
 pass), the escalation policy its pages use and, optionally, staged promotion.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from watchdog.config.flags import FlagConfig
 from watchdog.config.types import Duration, Name, PositiveDuration
@@ -34,11 +36,83 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Cohort(Strict):
-    """The results of one probe (optionally only its series with these labels) as one cohort."""
+_AGGREGATION = re.compile(
+    r"^\s*\(*\s*(sum|avg|min|max|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)\b", re.I
+)
+_NOT_A_COUNTER = re.compile(r"\b(rate|irate|increase|delta|idelta|deriv|resets)\s*\(", re.I)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-    probe: Name
+
+def _counter_expression(value: str) -> str:
+    """A PromQL expression whose series are counters, one per instance: the guard takes each series'
+    increase since the stage began itself (a drop is that series restarting), then sums them."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty PromQL expression")
+    if _AGGREGATION.match(text):
+        raise ValueError(
+            "give the per-series counters, not an aggregation (sum, …): the guard sums the increases "
+            "itself, per series, so one instance restarting resets its own series only "
+            "(a dropping sum would read as a reset of everything)"
+        )
+    if _NOT_A_COUNTER.search(text):
+        raise ValueError(
+            "give the counters themselves, not rate()/increase(): the guard counts events since the "
+            "stage began from the counters' values"
+        )
+    return text
+
+
+CounterExpression = Annotated[str, AfterValidator(_counter_expression)]
+
+
+class PrometheusCohort(Strict):
+    """A cohort read from the service's own request counters over a Prometheus HTTP API (``GET
+    /api/v1/query``): each check counts the counters' increase since the stage began, per series, a
+    series that drops counting as restarted from zero (as ``increase()`` does)."""
+
+    url: str
+    """The Prometheus server's base URL, e.g. ``http://prometheus:9090``."""
+    requests: CounterExpression
+    """The cohort's requests, e.g. ``http_requests_total{cohort="db",selection="flag"}``."""
+    errors: CounterExpression
+    """Its failed requests, e.g. ``http_requests_total{cohort="db",selection="flag",status_class="5xx"}``."""
+    slow: CounterExpression | None = None
+    """Its requests over the rollout's latency threshold, from a histogram whose buckets include it:
+    ``http_request_duration_seconds_count{cohort="db"} - ignoring(le)
+    http_request_duration_seconds_bucket{cohort="db",le="0.2"}``. Needed when the rollout has a latency
+    limit."""
+    token_env: str | None = None
+    """Environment variable holding a bearer token for the API (none: no Authorization header)."""
+    timeout: PositiveDuration = 3.0
+    """One query's bound; a source that does not answer adds nothing (the counts stay as they were)."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> PrometheusCohort:
+        if not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError(f"url must be an http:// or https:// URL, got {self.url!r}")
+        if re.match(r"^https?://[^/@\s]*:[^/@\s]*@", self.url):
+            raise ValueError("url must not carry credentials; put a token in the variable named by token_env")
+        if self.token_env is not None and not _ENV_NAME.match(self.token_env):
+            raise ValueError(f"token_env {self.token_env!r} is not an environment variable name")
+        return self
+
+
+class Cohort(Strict):
+    """One cohort: the results of one probe (optionally only its series with these labels), or the
+    service's own per-cohort request counters in Prometheus (``prometheus:``); exactly one of the two."""
+
+    probe: Name | None = None
     match: dict[str, str] = Field(default_factory=dict)
+    prometheus: PrometheusCohort | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Cohort:
+        if (self.probe is None) == (self.prometheus is None):
+            raise ValueError("a cohort needs exactly one of probe or prometheus")
+        if self.prometheus is not None and self.match:
+            raise ValueError("match selects a probe's series; a prometheus cohort selects in its PromQL")
+        return self
 
 
 class LatencyLimit(Strict):
@@ -92,3 +166,25 @@ class Rollout(Strict):
     hold_after_rollback: bool = True
     grace: Duration = 0.0
     """Results in the first ``grace`` seconds of a stage are not counted (a cold cache right after a flip)."""
+
+    @model_validator(mode="after")
+    def _latency_needs_slow(self) -> Rollout:
+        metric, latency = self.canary.prometheus, self.limits.latency
+        if latency is None or metric is None:
+            return self
+        if metric.slow is None:
+            raise ValueError(
+                "the latency limit needs canary.prometheus.slow (requests over the threshold, from a "
+                "histogram bucket); or set limits.latency: null"
+            )
+        for edge in re.findall(r'\ble\s*=\s*"([^"]*)"', metric.slow):
+            try:
+                seconds = float(edge)
+            except ValueError:
+                continue
+            if abs(seconds - latency.threshold) > 1e-9:
+                raise ValueError(
+                    f'canary.prometheus.slow counts requests over le="{edge}" s but the latency limit is '
+                    f"{latency.threshold:g} s; use the bucket at the limit"
+                )
+        return self

@@ -139,7 +139,7 @@ def _iso(epoch: float) -> str:
 
 
 def _percent(share: float) -> str:
-    """Budget left as people read it: "62 %", or "none (overspent 14x)" past exhaustion (issue 10, defect 4)."""
+    """Budget left as people read it: "62 %", or "none (overspent 14x)" past exhaustion."""
     if share < 0:
         return f"none (overspent {1 - share:.3g}x)"
     return f"{share * 100:.3g} %"
