@@ -249,3 +249,15 @@ def test_rollout_config_errors() -> None:
     with pytest.raises(ValueError):
         _rollout(limits={"error_rate": "150%"})
     assert _rollout(limits={"error_rate": "0.1%"}).limits.error_rate == pytest.approx(0.001)
+
+
+async def test_a_canary_gone_quiet_holds_instead_of_promoting_on_old_evidence(tmp_path: Path) -> None:
+    rig = await _rig(tmp_path, _rollout(promote={"steps": [25], "dwell": "10m"}, no_data_after="2m"))
+    await rig.guard.check()
+    await rig.results("content-db", "db", [Outcome.OK] * 12_000, every_s=0.01)  # 120 s of clean results
+    rig.clock.advance(600)  # then silence, past the dwell
+    decision = await rig.guard.check()
+    assert decision.action == "hold" and "no new canary results" in decision.reason, decision
+    assert (await rig.flag.get()).db_percent == 5.0, "no promotion on evidence that stopped coming"
+    await rig.results("content-db", "db", [Outcome.FAILED] * 50)  # 0.4 % of the stage: over the limit
+    assert (await rig.guard.check()).action == "rolled_back", "faults still roll back"

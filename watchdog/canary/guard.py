@@ -233,6 +233,14 @@ class CanaryGuard:
         if errors.conclusive or (latency is not None and latency.conclusive):
             what = "errors" if errors.conclusive else "latency"
             return await self._start_rollback(record, percent, what, evidence, canary, baseline)
+        last = canary.last_at if canary.last_at is not None else since
+        if now - last >= self.rollout.no_data_after:
+            # What was counted still stands against the canary, but silence is not health: no promotion.
+            reason = (
+                f"no new canary results since {_iso(last)}; holding (not promoting) on {canary.events} "
+                "results counted before"
+            )
+            return Decision("hold", reason, percent, evidence, canary, baseline)
         if self.rollout.promote is not None:
             promoted = await self._maybe_promote(record, percent, canary, since, now, evidence)
             if promoted is not None:
