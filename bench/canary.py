@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 import math
@@ -740,11 +741,9 @@ async def wait_http(url: str, timeout_s: float = 30.0) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not up yet
                 if (await client.get(url)).status_code < 500:
                     return
-            except httpx.HTTPError:
-                pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
 

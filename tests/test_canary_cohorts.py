@@ -9,6 +9,7 @@ counter reset by restarting the service, and a database-path fault rolled back t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -387,11 +388,9 @@ async def _start_service(port: int, flag_file: Path, log: Path) -> asyncio.subpr
     async with httpx.AsyncClient(timeout=2) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not up yet
                 if (await client.get(f"http://127.0.0.1:{port}/api/simple-health")).status_code == 200:
                     return proc
-            except httpx.HTTPError:
-                pass
             await asyncio.sleep(0.1)
     raise AssertionError(f"the reference service did not start; see {log}")
 

@@ -96,7 +96,7 @@ class Rig:
 
     async def deliver(self) -> None:
         while await self.dispatcher.run_once(limit=50):
-            pass
+            continue  # until a pass delivers nothing
 
 
 async def _rig(tmp_path: Path, rollout: Rollout, percent: float = 5.0) -> Rig:

@@ -85,7 +85,7 @@ class Rig:
 
     async def deliver(self) -> None:
         while await self.dispatcher.run_once(limit=100):
-            pass
+            continue  # until a pass delivers nothing
 
     def parents(self, channel: str) -> list[Page]:
         return [p for p in self.slack.sent if p.channel == channel and p.thread_ref is None]

@@ -438,7 +438,7 @@ class FlakyProxy:
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
-                pass
+                return  # a side closed: the finally closes the other
             finally:
                 dst.close()
 

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import random
 import shutil
 import threading
@@ -864,9 +863,7 @@ def _alertmanager_binary() -> str:
             "prometheus-alertmanager (Debian package) is not installed; "
             "make deps (scripts/deps.sh) installs it"
         )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.fail(reason)  # make test runs make deps first, which installs it: absent is a failure
     return binary
 
 
@@ -906,11 +903,9 @@ async def _alertmanager(tmp_path: Path, webhook: str, token: str) -> AsyncIterat
         async with httpx.AsyncClient(base_url=base, timeout=2) as client:
             deadline = time.monotonic() + 20
             while True:
-                try:
+                with contextlib.suppress(httpx.TransportError):  # not listening yet
                     if (await client.get("/-/ready")).status_code == 200:
                         break
-                except httpx.TransportError:
-                    pass
                 if proc.returncode is not None or time.monotonic() > deadline:
                     raise AssertionError(
                         f"alertmanager did not start: {(tmp_path / 'alertmanager.log').read_text()}"
