@@ -865,10 +865,6 @@ def _targets(policy: EscalationPolicy | None, levels: Sequence[str]) -> list[Any
     return [t for lv in policy.levels if lv.level in levels for t in lv.notify]
 
 
-def level_targets(policy: EscalationPolicy | None, level: str) -> list[Any]:
-    return _targets(policy, [level])
-
-
 def _probe_alert_state(
     alert: ProbeAlert, recent: Sequence[ProbeResult], now: float, was_open: bool
 ) -> tuple[bool, int, str, str]:
