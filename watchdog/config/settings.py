@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from watchdog.config.gcp import GoogleCloud
 from watchdog.config.types import Duration, ListenAddress, PositiveDuration
 
 
@@ -61,6 +62,8 @@ class Settings(Strict):
     self_escalation: str = "default"
     """The escalation policy that pages the watchdog's own failures (its store down, a notifier failing,
     its scheduler stalled); at most once per cause. Without a policy of that name they go to the log."""
+    google_cloud: GoogleCloud | None = None
+    """Google Cloud integrations (``watchdog.config.gcp``); none without this section."""
     allow_no_probes: bool = False
     """A config that defines no enabled probe is refused by default: it watches nothing, yet the daemon
     would report ready, which is how a wrong ``--config`` directory goes unnoticed. Set ``true`` to run
