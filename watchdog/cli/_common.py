@@ -23,7 +23,8 @@ config_option = click.option(
 )
 
 
-class ListenAddressType(click.ParamType[str, str]):
+# Unsubscripted: ParamType is generic in one type from click 8.4 and in two from 8.5, and `click>=8.1`.
+class ListenAddressType(click.ParamType):  # type: ignore[type-arg, unused-ignore]
     """``HOST:PORT`` / ``[IPv6]:PORT`` checked when the command line is read, before anything starts."""
 
     name = "HOST:PORT"
