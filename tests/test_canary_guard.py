@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,17 @@ from watchdog.flags.memory import MemoryFlagBackend
 from watchdog.incidents.manager import IncidentManager
 from watchdog.notify.dispatch import Dispatcher
 from watchdog.notify.fake import RecordingNotifier
+from watchdog.slo.engine import SloEngine
 from watchdog.store.memory import MemoryStore
 
 START = 1_767_225_600.0
 
 
-def _config(root: Path) -> WatchdogConfig:
+def _config(root: Path, slos: str = "") -> WatchdogConfig:
     (root / "probes").mkdir(parents=True)
+    if slos:
+        (root / "slo").mkdir()
+        (root / "slo" / "s.yaml").write_text(slos)
     (root / "alerts").mkdir()
     (root / "runbooks").mkdir()
     (root / "probes" / "p.yaml").write_text(
@@ -99,15 +104,17 @@ class Rig:
             continue  # until a pass delivers nothing
 
 
-async def _rig(tmp_path: Path, rollout: Rollout, percent: float = 5.0) -> Rig:
+async def _rig(tmp_path: Path, rollout: Rollout, percent: float = 5.0, slos: str = "") -> Rig:
     clock = FakeClock(START)
     store = MemoryStore()
     await store.open()
     flag = MemoryFlagBackend(percent, clock=clock, updated_by="release-engineer", reason="canary start")
-    manager = IncidentManager(_config(tmp_path / "c"), store, clock)
+    manager = IncidentManager(_config(tmp_path / "c", slos), store, clock)
     slack = RecordingNotifier("slack")
     dispatcher = Dispatcher(store, {"slack": slack, "log": RecordingNotifier("log")}, clock, "w")
     guard = CanaryGuard(rollout, flag, store, manager, clock)
+    if not slos:
+        guard.observe_slos(())  # as the daemon does when no SLO is configured
     return Rig(clock, store, flag, guard, manager, slack, dispatcher)
 
 
@@ -125,7 +132,8 @@ async def test_a_hard_fault_flips_to_yaml_on_the_first_conclusive_evidence(tmp_p
     assert decision.action == "rolled_back", decision
     assert (await rig.flag.get()).db_percent == 0.0
     assert rig.flag.history[-1].updated_by == "sre-watchdog"
-    assert "canary errors: 4 of 24" in rig.flag.history[-1].reason
+    # The restart begun before the failures judged them alone (the stage-long test held 4 of 24).
+    assert re.search(r"canary errors in the last \d+ s: 4 of 4 ", rig.flag.history[-1].reason)
     (audit,) = await audit_trail(rig.store, "content-db")
     assert (audit["action"], audit["from_percent"], audit["to_percent"], audit["verified"]) == (
         "rollback",
@@ -135,7 +143,7 @@ async def test_a_hard_fault_flips_to_yaml_on_the_first_conclusive_evidence(tmp_p
     )
     await rig.deliver()
     (page,) = [p for p in rig.slack.sent if p.title == ROLLED_BACK_ALERT]
-    assert page.channel == "#l1" and "Rolled back to YAML" in page.summary and "4 of 24" in page.summary
+    assert page.channel == "#l1" and "Rolled back to YAML" in page.summary and "4 of 4 " in page.summary
     again = await rig.guard.check()
     assert again.action == "rolled_back" and len(rig.flag.history) == 1, "held: no second flip"
 
@@ -166,7 +174,8 @@ async def test_slow_canary_is_rolled_back_for_latency(tmp_path: Path) -> None:
     rig = await _rig(tmp_path, _rollout())
     await rig.guard.check()  # the guard watches from its first look
     await rig.results("content-db", "db", [Outcome.OK] * 30, latency_s=0.02)
-    await rig.results("content-db", "db", [Outcome.DEGRADED] * 10, latency_s=0.5)
+    # 12 of 42 over the limit: conclusive for the stage-long test at its α/3 (10 of 40 is not).
+    await rig.results("content-db", "db", [Outcome.DEGRADED] * 12, latency_s=0.5)
     decision = await rig.guard.check()
     assert decision.action == "rolled_back", decision
     record = await rig.store.get_incident("canary:content-db")
@@ -241,6 +250,56 @@ async def test_staged_promotion_after_a_healthy_dwell(tmp_path: Path) -> None:
     assert decision.action == "promote" and decision.percent == 25.0, decision
     assert (await rig.flag.get()).db_percent == 25.0
     assert [a["action"] for a in await audit_trail(rig.store, "content-db")] == ["promote"]
+
+
+async def test_promotion_waits_for_the_services_slos(tmp_path: Path) -> None:
+    """The canary is clean, but the baseline (the service as a whole) burns its budget: a burn-rate alert
+    firing, then too little budget left, each hold the promotion with the reason; healthy SLOs let it go."""
+    slos = (
+        "slos:\n  - name: site\n    objective: 99.9\n    window: {kind: rolling, length: 1d}\n"
+        "    sli: {kind: availability, probe: content-yaml}\n"
+    )
+    rollout = _rollout(promote={"steps": [25], "dwell": "10m", "slos": ["site"], "min_budget_left": "50%"})
+    rig = await _rig(tmp_path, rollout, slos=slos)
+    config = _config(tmp_path / "c2", slos)
+    engine = SloEngine(config.slos, rig.store, rig.clock)
+    await rig.guard.check()
+    await rig.results("content-db", "db", [Outcome.OK] * 12_000, every_s=0.01)
+    await rig.results("content-yaml", "yaml", [Outcome.OK] * 100, every_s=0.01)
+    await rig.results("content-yaml", "yaml", [Outcome.FAILED] * 40, every_s=0.01)
+    await rig.results("content-db", "db", [Outcome.OK] * 50_000, every_s=0.01)  # past the dwell, clean
+    decision = await rig.guard.check()
+    assert decision.action == "hold" and decision.reason == "not promoting: no SLO evaluation yet", decision
+    rig.guard.observe_slos((await engine.evaluate()).statuses)
+    decision = await rig.guard.check()
+    assert decision.action == "hold" and "SLO site has page alerts firing" in decision.reason, decision
+    assert (await rig.flag.get()).db_percent == 5.0
+    # Two days of healthy baseline: the alerts resolve and the 1-day window forgets the failures.
+    await rig.results("content-yaml", "yaml", [Outcome.OK] * 2880, every_s=60.0)
+    await engine.evaluate()  # the rules see the clear condition, and resolve once it has held
+    await rig.results("content-db", "db", [Outcome.OK] * 600, every_s=0.5)
+    rig.guard.observe_slos((await engine.evaluate()).statuses)
+    decision = await rig.guard.check()
+    assert decision.action == "promote" and decision.percent == 25.0, decision
+
+
+async def test_promotion_needs_budget_left(tmp_path: Path) -> None:
+    slos = (
+        "slos:\n  - name: site\n    objective: 99.9\n    alerts: []\n"
+        "    sli: {kind: availability, probe: content-yaml}\n"
+    )
+    rollout = _rollout(promote={"steps": [25], "dwell": "10m", "min_budget_left": "50%"})
+    rig = await _rig(tmp_path, rollout, slos=slos)
+    engine = SloEngine(_config(tmp_path / "c2", slos).slos, rig.store, rig.clock)
+    await rig.guard.check()
+    # 3 failures in 5000: 60 % of a 99.9 % budget spent, no alert configured.
+    await rig.results("content-yaml", "yaml", [Outcome.FAILED] * 3 + [Outcome.OK] * 4997, every_s=0.01)
+    await rig.results("content-db", "db", [Outcome.OK] * 62_000, every_s=0.01)
+    rig.guard.observe_slos((await engine.evaluate()).statuses)
+    decision = await rig.guard.check()
+    assert decision.action == "hold", decision
+    assert "SLO site has 40% of its error budget left (promotion needs 50%)" in decision.reason
+    assert (await rig.flag.get()).db_percent == 5.0
 
 
 def test_rollout_config_errors() -> None:

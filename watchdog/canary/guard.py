@@ -18,19 +18,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from watchdog.canary import cohorts
-from watchdog.canary.sequential import RateEvidence, rate_above, rate_below
+from watchdog.canary.sequential import (
+    RESTART_TIERS,
+    RateEvidence,
+    rate_above,
+    rate_below,
+    stage_alpha,
+    tier_alpha,
+)
 from watchdog.config.rollouts import Cohort, Rollout
 from watchdog.core.clock import Clock
 from watchdog.core.labels import labels_match
 from watchdog.core.results import Outcome
 from watchdog.flags.base import FlagBackend, FlagError, FlagState
 from watchdog.incidents.manager import AlertSpec, IncidentManager
+from watchdog.slo.model import SloStatus
 from watchdog.store.base import Incident, IncidentStore, MinuteAggregate, RecordStore, ResultReader
 
 _log = logging.getLogger(__name__)
@@ -72,6 +80,11 @@ class Decision:
     evidence: list[str] = field(default_factory=list)
     canary: Counts = field(default_factory=Counts)
     baseline: Counts | None = None
+
+
+def _strongest(tests: Iterable[tuple[RateEvidence, str]]) -> tuple[RateEvidence, str]:
+    """The test closest to (or furthest past) its own threshold; the first (stage-long) one on ties."""
+    return max(tests, key=lambda t: t[0].log_e - math.log(1.0 / t[0].alpha))
 
 
 def _iso(epoch: float) -> str:
@@ -141,10 +154,21 @@ class CanaryGuard:
         self._clock = clock
         self.key = f"canary:{rollout.name}"
         self.last: Decision | None = None
+        self._slos: dict[str, SloStatus] | None = None
+        """The latest SLO evaluation (``observe_slos``): promotion waits for the service's budgets."""
+        self._marks_for: float | None = None
+        self._marks: list[dict[int, Counts]] = [{} for _ in RESTART_TIERS]
+        """Per restart tier: the stage's canary counts when restart ``j`` began (``sequential``). Kept in
+        memory: a restarted watchdog or a new leader judges the stage-long test alone until restarts
+        accumulate again (5 s for the first)."""
 
     @property
     def store(self) -> GuardStore:
         return self._store
+
+    def observe_slos(self, statuses: Sequence[SloStatus]) -> None:
+        """The daemon hands every SLO evaluation over; promotion is gated on it (``_slo_gate``)."""
+        self._slos = {s.name: s for s in statuses}
 
     # -- the check -------------------------------------------------------------------------------------
     async def check(self) -> Decision:
@@ -224,14 +248,20 @@ class CanaryGuard:
             if relative > errors_p0:
                 errors_p0 = relative
                 baseline_note = f" (the baseline fails {baseline_rate:.3%} itself)"
-        errors = rate_above(canary.events, canary.failed, errors_p0, self.rollout.alpha)
-        evidence = [errors.describe("canary errors") + baseline_note]
+        windows = self._windows(since, now, canary)
+        errors = _strongest(
+            (rate_above(c.events, c.failed, errors_p0, a), w) for w, c, a in windows
+        )
+        evidence = [errors[0].describe(f"canary errors{errors[1]}") + baseline_note]
         latency: RateEvidence | None = None
         if limits.latency is not None:
-            latency = rate_above(canary.events, canary.slow, 1 - limits.latency.quantile, self.rollout.alpha)
-            evidence.append(latency.describe(f"canary results over {limits.latency.threshold * 1000:g} ms"))
-        if errors.conclusive or (latency is not None and latency.conclusive):
-            what = "errors" if errors.conclusive else "latency"
+            slow_p0 = 1 - limits.latency.quantile
+            latency, where = _strongest((rate_above(c.events, c.slow, slow_p0, a), w) for w, c, a in windows)
+            evidence.append(
+                latency.describe(f"canary results over {limits.latency.threshold * 1000:g} ms{where}")
+            )
+        if errors[0].conclusive or (latency is not None and latency.conclusive):
+            what = "errors" if errors[0].conclusive else "latency"
             return await self._start_rollback(record, percent, what, evidence, canary, baseline)
         last = canary.last_at if canary.last_at is not None else since
         if now - last >= self.rollout.no_data_after:
@@ -246,6 +276,29 @@ class CanaryGuard:
             if promoted is not None:
                 return promoted
         return Decision("continue", "within limits so far", percent, evidence, canary, baseline)
+
+    def _windows(self, since: float, now: float, canary: Counts) -> list[tuple[str, Counts, float]]:
+        """The tests to judge: (where, counts, α) for the stage-long test and each restart of each tier
+        that holds at least ``min_samples`` results (``sequential.RESTART_TIERS``)."""
+        if self._marks_for != since:
+            self._marks_for = since
+            self._marks = [{} for _ in RESTART_TIERS]
+        alpha = self.rollout.alpha
+        windows = [("", canary, stage_alpha(alpha))]
+        for tier, marks in zip(RESTART_TIERS, self._marks, strict=True):
+            j = math.floor((now - since) / tier.every)
+            if j >= 1 and j not in marks:
+                marks[j] = canary
+                for old in sorted(marks)[: -tier.keep]:
+                    del marks[old]
+            for start, mark in marks.items():
+                events = canary.events - mark.events
+                if events < self.rollout.min_samples:
+                    continue
+                counts = Counts(events, canary.failed - mark.failed, canary.slow - mark.slow, canary.last_at)
+                ago = now - (since + start * tier.every)
+                windows.append((f" in the last {ago:.0f} s", counts, tier_alpha(alpha, tier)))
+        return windows
 
     # -- rollback --------------------------------------------------------------------------------------
     async def _start_rollback(
@@ -436,6 +489,9 @@ class CanaryGuard:
                 evidence,
                 canary,
             )
+        blocked = self._slo_gate(promote.slos, promote.min_budget_left)
+        if blocked:
+            return Decision("hold", f"not promoting: {blocked}", percent, evidence, canary)
         target = steps[0]
         key = f"promote:{self.rollout.name}:stage{record.data.get('stage', 1)}"
         reason = f"promoted after {now - since:.0f} s healthy at {percent} %: " + good_errors.describe(
@@ -450,6 +506,24 @@ class CanaryGuard:
             return Decision("promote", "another replica promoted", target)
         await self._audit("promote", percent, target, reason, state, now)
         return Decision("promote", reason, target, evidence, canary)
+
+    def _slo_gate(self, names: Sequence[str] | None, min_left: float) -> str:
+        """Why the SLOs forbid a promotion now ("" when they allow it)."""
+        if self._slos is None:
+            return "no SLO evaluation yet"
+        statuses = self._slos if names is None else {n: self._slos.get(n) for n in names}
+        problems = []
+        for name, status in statuses.items():
+            if status is None:
+                problems.append(f"SLO {name} was not evaluated")
+            elif status.firing:
+                problems.append(f"SLO {name} has {' and '.join(status.firing)} alerts firing")
+            elif status.budget.remaining < min_left:
+                problems.append(
+                    f"SLO {name} has {max(status.budget.remaining, 0.0):.0%} of its error budget left "
+                    f"(promotion needs {min_left:.0%})"
+                )
+        return "; ".join(problems)
 
     # -- audit and pages -------------------------------------------------------------------------------
     async def _audit(

@@ -14,6 +14,16 @@ with no fixed sample size and no burn-rate window to wait for.
 
 The mirror test (is the rate *below* p0, for promotion) mixes alternatives p_k < p0 the same way.
 
+Restarts (``RESTART_TIERS``): a test counted from a stage's start carries every healthy event of the stage;
+they weigh against the large alternatives, so a hard fault 24 h into a stage needed 96 s instead of 8.
+So besides the stage-long test the guard starts a fresh one every ``every`` seconds in each tier (5 s for
+hard faults, 10 min for small ones) and judges the newest ``keep`` of them. Each restart is a test of its own,
+valid from its start; the guard's α is spent as α/3 on the stage-long test and α/3 per day on each tier,
+evenly over the day's restarts (``tier_alpha``), so by the union bound the false-rollback probability is at
+most α per day of watching (one in a thousand days per rollout at the default). A restart needs more
+evidence than the stage test (about 17 nats instead of 8 for the 5 s tier), which costs a hard fault about
+one event; judging a day-old stage from its start cost a thousand.
+
 Why not a library: ``confseq`` needs a C++/Boost build and pulls matplotlib and pandas into a daemon;
 ``ville`` 0.1 tests a two-sided point null over per-observation arrays (memory grows with traffic). This
 needs only the counts, is O(len(grid)) per look, and is checked by simulation
@@ -30,6 +40,29 @@ ABOVE_MULTIPLIERS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 3
 """Alternatives p_k = p0 × m (capped below 1): a small excess is caught slowly, a hard fault in a few
 events."""
 BELOW_MULTIPLIERS: tuple[float, ...] = (0.5, 0.25, 0.1, 0.01)
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RestartTier:
+    """Fresh tests started every ``every`` seconds; the newest ``keep`` are judged."""
+
+    every: float
+    keep: int
+
+
+RESTART_TIERS: tuple[RestartTier, ...] = (RestartTier(5.0, 6), RestartTier(600.0, 6))
+STAGE_SHARE = 1.0 / (1 + len(RESTART_TIERS))
+"""The stage-long test's share of α (and each tier's share of α per day)."""
+
+
+def stage_alpha(alpha: float) -> float:
+    return alpha * STAGE_SHARE
+
+
+def tier_alpha(alpha: float, tier: RestartTier) -> float:
+    """One restart's α: the tier's daily share spread evenly over the day's restarts."""
+    return alpha * STAGE_SHARE * tier.every / DAY_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -715,6 +715,10 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
                 for role, cohort in (("canary", rollout.canary), ("baseline", rollout.baseline)):
                     if cohort is not None and cohort.probe is not None:  # a prometheus cohort names none
                         references.append((doc, "rollouts", i, role, "probe", cohort.probe))
+                if rollout.promote is not None:
+                    references.extend(
+                        (doc, "rollouts", i, "promote", "slo", name) for name in rollout.promote.slos or ()
+                    )
                 for alert in CANARY_ALERTS:
                     if not (root_path / "runbooks" / f"{alert}.md").is_file():
                         line = doc.lines.get(("rollouts", i, "name"), 0)

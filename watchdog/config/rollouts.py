@@ -137,6 +137,12 @@ class Promotion(Strict):
 
     steps: list[float] = Field(min_length=1)
     dwell: PositiveDuration = 600.0
+    slos: list[Name] | None = None
+    """The SLOs that must be healthy to promote (default: every SLO of the config): none of their burn-rate
+    alerts firing and at least ``min_budget_left`` of each one's error budget left. A canary can pass its own
+    test while the service as a whole burns budget (the baseline fails too, a dependency is degraded):
+    moving more traffic then is the wrong call."""
+    min_budget_left: Share = 0.25
 
     @model_validator(mode="after")
     def _ascending(self) -> Promotion:

@@ -327,6 +327,8 @@ class Daemon:
             evaluation = await self.slo_engine.evaluate()
             signals = evaluation.signals
             budget_left = {s.name: s.budget_remaining for s in evaluation.statuses}
+            for guard in self.guards:
+                guard.observe_slos(evaluation.statuses)
             for signal in signals:
                 # A signal no alert uses pages nobody: say so, at INFO, instead of a "firing" warning.
                 used = signal.slo in self._alerted_slos
@@ -340,6 +342,9 @@ class Daemon:
                     "" if used else " (no alert uses this SLO: nobody is paged)",
                     extra={"slo": signal.slo, "signal": signal.to_dict(), "alerted": used},
                 )
+        else:
+            for guard in self.guards:
+                guard.observe_slos(())  # no SLO configured: nothing to gate promotion on
         if not self.is_leader:
             return
         changed = await self.alerts.handle_slo_signals(signals, budget_left)
