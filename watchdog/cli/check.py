@@ -69,7 +69,9 @@ def _results_table(results: Sequence[ProbeResult]) -> Table:
 async def run_all_once(config: WatchdogConfig) -> list[ProbeResult]:
     """Every enabled probe once, concurrently, each bounded by its own timeout."""
     clock = SystemClock()
-    builder = ProbeBuilder(defaults=config.settings.defaults, clock=clock)
+    builder = ProbeBuilder(
+        defaults=config.settings.defaults, clock=clock, google_cloud=config.settings.google_cloud
+    )
     probes = builder.build_all(config.enabled_probes())
     try:
         batches = await asyncio.gather(*(run_bounded(p, clock) for p in probes))

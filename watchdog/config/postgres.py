@@ -110,13 +110,19 @@ class VitalsThresholds(_Strict):
 class HostMetrics(_Strict):
     """Where CPU and memory of the database host come from (a MetricSource)."""
 
-    source: Literal["proc", "prometheus"]
-    """``proc``: this host's /proc (the database runs here). ``prometheus``: an HTTP API query."""
+    source: Literal["proc", "prometheus", "cloud_monitoring"]
+    """``proc``: this host's /proc (the database runs here). ``prometheus``: an HTTP API query.
+    ``cloud_monitoring``: Cloud SQL's metrics in Cloud Monitoring (needs ``google_cloud`` in
+    watchdog.yaml)."""
     url: str | None = None
     """Prometheus base URL (``http://prometheus:9090``) for ``source: prometheus``."""
+    cloud_sql_instance: str = ""
+    """``cloud_monitoring``: the instance (``PROJECT:REGION:INSTANCE``) the default queries read; default
+    ``google_cloud.cloud_sql_instance``."""
     cpu_query: str | None = None
-    """Source-native query returning one number in percent. Defaults: ``cpu_percent`` (proc) or a
-    node_exporter PromQL expression (prometheus)."""
+    """Source-native query returning one number in percent. Defaults: ``cpu_percent`` (proc), a
+    node_exporter PromQL expression (prometheus) or ``cloudsql:cpu_percent`` (cloud_monitoring: the
+    instance's ``database/cpu/utilization`` in percent)."""
     memory_query: str | None = None
     cpu_warn: float = 80.0
     cpu_fail: float | None = 95.0

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from watchdog.config.gcp import GoogleCloud
 from watchdog.config.postgres import PostgresProbeConfig
 from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, ProbeConfig
 from watchdog.config.settings import ProbeDefaults
@@ -35,6 +36,8 @@ class BuildContext:
     defaults: ProbeDefaults
     clock: Clock
     http_clients: dict[bool, httpx.AsyncClient] = field(default_factory=dict)
+    google_cloud: GoogleCloud | None = None
+    """``google_cloud`` settings, for checks that read Google Cloud (a Cloud Monitoring host source)."""
 
 
 def _http(config: Any, ctx: BuildContext) -> Probe:
@@ -54,7 +57,7 @@ def _postgres(config: Any, ctx: BuildContext) -> Probe:
     # Imported on use: asyncpg and the check families cost memory a daemon without DB probes never needs.
     from watchdog.probes.postgres.probe import PostgresProbe
 
-    return PostgresProbe(config, defaults=ctx.defaults, clock=ctx.clock)
+    return PostgresProbe(config, defaults=ctx.defaults, clock=ctx.clock, google_cloud=ctx.google_cloud)
 
 
 PROBE_KINDS: dict[type[Any], Callable[[Any, BuildContext], Probe]] = {
@@ -67,8 +70,10 @@ PROBE_KINDS: dict[type[Any], Callable[[Any, BuildContext], Probe]] = {
 class ProbeBuilder:
     """Builds the probes of one daemon; ``aclose`` closes the shared clients after the probes."""
 
-    def __init__(self, *, defaults: ProbeDefaults, clock: Clock) -> None:
-        self._ctx = BuildContext(defaults=defaults, clock=clock)
+    def __init__(
+        self, *, defaults: ProbeDefaults, clock: Clock, google_cloud: GoogleCloud | None = None
+    ) -> None:
+        self._ctx = BuildContext(defaults=defaults, clock=clock, google_cloud=google_cloud)
 
     def build_all(self, configs: Sequence[ProbeConfig]) -> list[Probe]:
         http = [c for c in configs if isinstance(c, HttpProbeConfig)]

@@ -155,7 +155,9 @@ def wire(
     store = store if store is not None else open_configured_store(config, state)
     builder: ProbeBuilder | None = None
     if probes is None:
-        builder = ProbeBuilder(defaults=config.settings.defaults, clock=clock)
+        builder = ProbeBuilder(
+            defaults=config.settings.defaults, clock=clock, google_cloud=config.settings.google_cloud
+        )
         probes = builder.build_all(config.enabled_probes())
     environ: Mapping[str, str] = os.environ if env is None else env
     built_notifiers = (

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from watchdog.config.gcp import GoogleCloud
 from watchdog.config.postgres import ALL_FAMILIES, HostMetrics, PostgresProbeConfig
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
@@ -88,6 +89,7 @@ class PostgresProbe:
         clock: Clock,
         metric_source: MetricSource | None = None,
         env: Mapping[str, str] | None = None,
+        google_cloud: GoogleCloud | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -121,7 +123,7 @@ class PostgresProbe:
         self._owns_source = False
         self.metric_source = metric_source
         if metric_source is None and config.host_metrics is not None and "host" in config.checks:
-            self.metric_source = build_source(config.host_metrics)
+            self.metric_source = build_source(config.host_metrics, google_cloud)
             self._owns_source = True
         self._db_families: list[tuple[str, FamilyFn]] = []
         table: dict[str, FamilyFn] = {
@@ -234,7 +236,7 @@ class PostgresProbe:
         t0 = self.clock.monotonic()
         try:
             async with asyncio.timeout(min(self.timeout_s, cfg.timeout + 0.5)):
-                report = await check_host(self.metric_source, cfg)
+                report = await check_host(self.metric_source, cfg, self.clock.now())
         except TimeoutError:
             report = FamilyReport(
                 "host",
