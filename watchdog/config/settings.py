@@ -52,6 +52,11 @@ class Settings(Strict):
     defaults: ProbeDefaults = Field(default_factory=ProbeDefaults)
     retention: Retention = Field(default_factory=Retention)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "cloud"] = "auto"
+    """``json``: one JSON object a line on stderr. ``cloud``: the same on stdout in the shape Cloud Run's
+    logging agent reads (LogSeverity, labels, trace, source location, httpRequest, stack traces for Error
+    Reporting; ``watchdog.core.logs``). ``auto``: ``cloud`` where ``K_SERVICE`` is set (Cloud Run sets it),
+    else ``json``."""
     evaluation_interval: PositiveDuration = 5.0
     runbook_base_url: str = ""
     """Where runbooks are published (e.g. a repository URL); pages link ``<base>/<alert>.md``. Empty: the

@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from watchdog.config.alerts import Intake
 from watchdog.core.results import ProbeResult
 from watchdog.core.shared_call import SharedCall
 from watchdog.incidents.manager import IncidentManager
+from watchdog.web.access_log import AccessLog
 from watchdog.web.incident_api import incident_api_routes
 from watchdog.web.intake import intake_routes
 from watchdog.web.metrics import StoreSnapshotCollector, exposition
@@ -143,7 +145,8 @@ def create_app(
             *slack_interaction_routes(daemon, on_home, env),
             *incident_api_routes(daemon, on_home, env),
             *intake_routes(daemon, on_home, intakes, env),
-        ]
+        ],
+        middleware=[Middleware(AccessLog)],
     )
 
 
