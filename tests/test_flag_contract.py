@@ -378,8 +378,8 @@ class GcsEmulator:
         return guarded
 
     def client(self) -> Any:
+        import google.cloud.storage as storage  # type: ignore[import-untyped]
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage  # type: ignore[import-untyped]
 
         return storage.Client(
             project="test",

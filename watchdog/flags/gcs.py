@@ -154,7 +154,7 @@ class GcsFlagBackend:
     def _client(self) -> Any:
         with self._client_lock:
             if self._client_obj is None:
-                from google.cloud import storage  # type: ignore[import-untyped]
+                import google.cloud.storage as storage  # type: ignore[import-untyped]
 
                 if self._emulator_host:
                     from google.auth.credentials import AnonymousCredentials
