@@ -11,6 +11,7 @@ second.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -33,8 +34,10 @@ from watchdog.config.alerts import (
 )
 from watchdog.config.probes import ProbeConfig
 from watchdog.config.rollouts import Rollout
+from watchdog.config.secrets import SecretResolver, resolve_in
 from watchdog.config.settings import Settings
 from watchdog.config.slo import LatencySli, SloConfig
+from watchdog.core.redact import scrub
 
 MAX_FILE_BYTES = 1 << 20
 """Per YAML file. The example config is about 2 KB per file; 1 MiB holds thousands of probes."""
@@ -94,6 +97,12 @@ class WatchdogConfig:
     runbooks: dict[str, Path] = field(default_factory=dict)
     origin: dict[str, Located] = field(default_factory=dict)
     """Where each probe/slo/alert was defined (key ``probe:name``, ``slo:name``, ``alert:name``)."""
+    secret_values: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
+    """The values of the config's ``sm://`` references (``watchdog.config.secrets``): masked in ``repr``."""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
+        return scrub(f"{type(self).__name__}({shown})", set(self.secret_values))
 
     def probe(self, name: str) -> ProbeConfig:
         for probe in self.probes:
@@ -562,7 +571,27 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
 
     A problem is reported once: a reference to a probe, SLO or escalation policy is not reported as
     missing when the file that may define it did not load or the entry itself is invalid.
+
+    ``sm://`` values are resolved from Secret Manager here, at every load (``watchdog.config.secrets``); their
+    values are masked in the problems reported and in the config's ``repr``.
     """
+    secrets = SecretResolver()
+    try:
+        config = _load_config(root, environ, secrets)
+    except ConfigError as exc:
+        masked = {v for v in secrets.values if v}
+        raise ConfigError(
+            [dataclasses.replace(p, message=scrub(p.message, masked)) for p in exc.problems]
+        ) from None
+    finally:
+        secrets.close()
+    config.secret_values = secrets.values
+    return config
+
+
+def _load_config(
+    root: str | Path, environ: dict[str, str] | os._Environ[str] | None, secrets: SecretResolver
+) -> WatchdogConfig:
     root_path = Path(root)
     env = os.environ if environ is None else environ
     if not root_path.is_dir():
@@ -583,11 +612,16 @@ def load_config(root: str | Path, environ: dict[str, str] | os._Environ[str] | N
     def parse(path: Path, kinds: Sequence[str]) -> _Document | None:
         rel = str(path.relative_to(root_path)) if path.is_relative_to(root_path) else str(path)
         try:
-            return _parse(path, rel, env)
+            doc = _parse(path, rel, env)
         except ConfigError as exc:
             problems.extend(exc.problems)
             unknown_kinds.update(kinds)
             return None
+        # sm:// references, after ${VAR} expansion; watchdog.yaml's google_cloud says where they resolve.
+        for where, message in resolve_in(doc.data, secrets, doc.env_fields, path == settings_path):
+            doc.problems.append(ConfigProblem(rel, doc.lines.get(where, 0), _dotted(where), message))
+            doc.env_fields.add(where)  # reported: its validation error would only repeat it
+        return doc
 
     def absorb(items: _Items, kinds: Sequence[str]) -> None:
         problems.extend(items.problems)
