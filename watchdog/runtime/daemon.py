@@ -27,6 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog.config.alerts import SloAlert
+from watchdog.core.logs import probe_http_request
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.core.shared_call import SharedCall
 from watchdog.incidents.manager import IncidentManager
@@ -89,6 +90,7 @@ class Daemon:
         self.alerts.on_enqueued = self._dispatch_now
         self._guard_actions: dict[str, str] = {}
         self.heartbeat = components.heartbeat
+        self.exporter = components.exporter
         self.buffer = ResultBuffer(self.store, on_recorded=self.probe_metrics.on_recorded)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.slo_engine: SloEngine | None = None
@@ -170,6 +172,9 @@ class Daemon:
             periodic.append((self._guard_canaries, IntervalTrigger(seconds=every), "canary"))
         if self.heartbeat is not None and settings.heartbeat is not None:
             periodic.append((self._heartbeat, IntervalTrigger(seconds=settings.heartbeat.every), "heartbeat"))
+        if self.exporter is not None:
+            export_every = IntervalTrigger(seconds=self.exporter.every)
+            periodic.append((self._export_metrics, export_every, "gcp-export"))
         for job, trigger, job_id in periodic:
             self.scheduler.add_job(job, trigger, id=job_id, max_instances=1, coalesce=True)
         self.scheduler.start()
@@ -203,6 +208,8 @@ class Daemon:
         await self.close_probes()
         if self.heartbeat is not None:
             await self.heartbeat.aclose()
+        if self.exporter is not None:
+            await self.exporter.aclose()
         await self.leader.release()
         await self._store_ping.aclose()
         await self._store_latest.aclose()
@@ -254,6 +261,7 @@ class Daemon:
                     "outcome": r.outcome.value,
                     "previous": previous.value if previous else None,
                     "latency_ms": round(r.latency_s * 1000, 2),
+                    **({"http_request": request} if (request := probe_http_request(r)) else {}),
                 },
             )
 
@@ -317,6 +325,12 @@ class Daemon:
             await self.heartbeat.beat()
         else:
             _log.warning("heartbeat withheld: the store is down or the evaluation is late")
+
+    async def _export_metrics(self) -> None:
+        """The watchdog's own results to Cloud Monitoring: its own job, bounded by its timeout, never raising
+        (failures are counted in watchdog_gcp_export_failures_total)."""
+        if self.exporter is not None:
+            await self.exporter.export(self)
 
     async def evaluate_alerts(self) -> None:
         """SLOs are evaluated on every replica (each serves /metrics); only the leader turns signals into
@@ -407,7 +421,14 @@ class Daemon:
     def _on_job_error(self, event: JobEvent) -> None:
         # Jobs catch their own errors; this is the last line so the scheduler never dies silently.
         if isinstance(event, JobExecutionEvent):
-            _log.error("job %s raised %r", event.job_id, event.exception)
+            # exc_info: the traceback goes to the log and, when configured, to Error Reporting.
+            _log.error(
+                "job %s raised %r",
+                event.job_id,
+                event.exception,
+                exc_info=event.exception,
+                extra={"job": event.job_id},
+            )
 
     # -- state for /readyz, /metrics and the status page ------------------------------------------------
     # Every store read on a request path is a SharedCall with a deadline: a hung store makes these answer
