@@ -2,15 +2,21 @@
 # Config: /etc/watchdog (the example config is baked in; mount yours over it, read-only).
 # State:  the volume /var/lib/watchdog (SQLite; or set WATCHDOG_STATE=postgresql://… to share one store).
 # Listen: WATCHDOG_LISTEN (default 0.0.0.0:9108); the HEALTHCHECK follows it.
+# Cloud Run: deploy/service.yaml (containerPort 9108, so Cloud Run's PORT is the port the image listens on; a
+# config without `listen` listens on $PORT). Its K_SERVICE makes the log Cloud Logging's JSON shape on stdout;
+# state belongs in PostgreSQL there (the filesystem is memory and goes with the instance). README "Deploy to
+# Cloud Run". WATCHDOG_EXTRAS (build arg, default gcp): optional dependencies installed with the rest, the
+# Google Cloud clients, imported only when watchdog.yaml's google_cloud asks for them; empty for a smaller image.
 # tests/test_packaging.py performs these steps on the host: the wheel, its install outside the source tree,
 # `watchdog validate` and `watchdog run` + this HEALTHCHECK as an unprivileged user; .dockerignore checked.
 
 FROM python:3.11-slim AS build
+ARG WATCHDOG_EXTRAS=gcp
 WORKDIR /src
 # The dependency list first, on its own: the runtime stage installs it in a layer that is rebuilt only when
 # the list changes, not on every source edit.
 COPY pyproject.toml scripts/requirements.py ./
-RUN python requirements.py pyproject.toml > requirements.txt
+RUN python requirements.py pyproject.toml ${WATCHDOG_EXTRAS} > requirements.txt
 COPY README.md ./
 COPY watchdog ./watchdog
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
