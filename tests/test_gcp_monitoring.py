@@ -4,11 +4,14 @@ sent and answers from the series it holds. No Google account, no network.
 
 Reader: the filters, intervals and aggregations sent and what comes back; ingestion delay; errors
 (PERMISSION_DENIED, UNAVAILABLE retried, RESOURCE_EXHAUSTED, INVALID_ARGUMENT), empty series; the MetricSource
-contract; nothing Google imported without the feature.
+contract; nothing Google imported without the feature. Writer: the descriptors and batches a daemon's export
+sends, read back from the fake and through the reader; retries, refusals counted, 5 s spacing, and probes
+that keep their schedule while the API hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
@@ -17,11 +20,15 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
 from gcp_fake_monitoring import FakeMonitoring, populate
+from google.api import metric_pb2  # type: ignore[import-untyped]
 from google.cloud import monitoring_v3
 from loopback import closed_port
 from test_pg_metric_sources import Subject, _host_memory_percent
@@ -30,13 +37,25 @@ from test_pg_metric_sources import test_cpu_and_memory_are_percentages as test_c
 from test_pg_metric_sources import test_invalid_query_raises_metric_source_error as test_contract_invalid
 from test_pg_metric_sources import test_memory_agrees_with_this_host as test_contract_memory_agrees
 
-from watchdog.config.gcp import GoogleCloud
+from watchdog.canary.guard import CanaryGuard
+from watchdog.config.gcp import CloudMonitoringExport, GoogleCloud
+from watchdog.config.loader import WatchdogConfig
 from watchdog.config.postgres import HostMetrics, PostgresProbeConfig
-from watchdog.config.settings import ProbeDefaults
-from watchdog.core.clock import FakeClock
-from watchdog.core.results import Outcome
+from watchdog.config.rollouts import Rollout
+from watchdog.config.settings import ProbeDefaults, Settings
+from watchdog.config.slo import SloConfig
+from watchdog.core.clock import FakeClock, SystemClock
+from watchdog.core.results import Outcome, ProbeResult
+from watchdog.flags.memory import MemoryFlagBackend
+from watchdog.incidents.manager import IncidentManager
+from watchdog.probes.base import Probe
+from watchdog.probes.fake import FakeProbe
 from watchdog.probes.postgres.host import check_host
 from watchdog.probes.registry import ProbeBuilder
+from watchdog.runtime.daemon import Daemon
+from watchdog.runtime.gcp_export import METRICS, CloudMonitoringExporter
+from watchdog.runtime.wiring import wire
+from watchdog.slo import SloEngine
 from watchdog.sources.base import MetricSourceError
 from watchdog.sources.cloud_monitoring import (
     COMPLETE_AFTER_S,
@@ -47,6 +66,7 @@ from watchdog.sources.cloud_monitoring import (
     parse_query,
 )
 from watchdog.sources.registry import build_source
+from watchdog.store.memory import MemoryStore
 
 # The MetricSource contract (tests/test_pg_metric_sources.py) runs here against this module's ``subject``.
 CONTRACT = (
@@ -500,3 +520,299 @@ def test_no_google_monitoring_import_without_cloud_monitoring(tmp_path: Path) ->
         "     host_metrics: {source: cloud_monitoring}}\n"
     )
     assert "google.cloud.monitoring_v3" in _modules_after_wiring(tmp_path, {}).split(",")
+
+
+# == the writer: the watchdog's own results as custom metrics ==============================================
+
+EXPORT_PREFIX = "custom.googleapis.com/watchdog"
+EXPORT_NOW = 1_767_240_000.0
+
+
+@dataclass
+class Exporting:
+    daemon: Daemon
+    store: MemoryStore
+    clock: FakeClock
+    exporter: CloudMonitoringExporter
+
+
+def _export_config(tmp_path: Path, endpoint: str, **export: Any) -> WatchdogConfig:
+    cloud = GoogleCloud(
+        project=PROJECT,
+        region="asia-east1",
+        endpoints={"monitoring": endpoint},
+        export_metrics=CloudMonitoringExport(**export),
+    )
+    slo = SloConfig.model_validate(
+        {"name": "api", "objective": 99.9, "sli": {"kind": "availability", "probe": "api"}}
+    )
+    return WatchdogConfig(root=tmp_path, settings=Settings(google_cloud=cloud), slos=[slo])
+
+
+async def _exporting(tmp_path: Path, fake: FakeMonitoring, **export: Any) -> Exporting:
+    """A daemon wired as in production (no scheduler running) with a rollout, an open incident, an SLO
+    evaluated over 20 minutes of results and the latest result of three probe series."""
+    clock = FakeClock(EXPORT_NOW)
+    store = MemoryStore()
+    await store.open()
+    config = _export_config(tmp_path, fake.endpoint, **export)
+    rollout = Rollout.model_validate(
+        {
+            "name": "content-db",
+            "flag": {"backend": "flagd_file", "path": str(tmp_path / "flags.json")},
+            "canary": {"probe": "content-db", "match": {"cohort": "db"}},
+        }
+    )
+    flag = MemoryFlagBackend(5.0, clock=clock)
+    guard = CanaryGuard(rollout, flag, store, IncidentManager(config, store, clock), clock)
+    components = wire(
+        config, store=store, clock=clock, probes=[], instance="replica-1", env={}, guards=[guard]
+    )
+    assert components.exporter is not None
+    daemon = Daemon(components)
+    await store.record(
+        [
+            ProbeResult(
+                "api",
+                "http",
+                "t",
+                Outcome.FAILED if i % 50 == 0 else Outcome.OK,
+                0.05,
+                EXPORT_NOW - 1200 + i * 5,
+            )
+            for i in range(240)
+        ]
+        + [
+            ProbeResult(
+                "content-db", "postgres", "db", Outcome.OK, 0.004, EXPORT_NOW - 3, labels={"check": "host"}
+            ),
+            ProbeResult(
+                "content-db", "postgres", "db", Outcome.FAILED, 2.0, EXPORT_NOW - 3, labels={"check": "locks"}
+            ),
+        ]
+    )
+    daemon.slo_engine = SloEngine(config.slos, store, clock)
+    await daemon.slo_engine.evaluate()
+    await guard.check()  # the rollout record: watching at 5 %
+    await store.transition_incident("db-unreachable", None, "firing", {"severity": "critical"}, EXPORT_NOW)
+    return Exporting(daemon, store, clock, components.exporter)
+
+
+def _series_written(fake: FakeMonitoring) -> list[Any]:
+    return [ts for req in fake.calls("CreateTimeSeries") for ts in req.time_series]
+
+
+def _counter(registry: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    value = registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else float(value)
+
+
+async def test_export_writes_probes_slos_canaries_and_incidents(tmp_path: Path, fake: FakeMonitoring) -> None:
+    fake.reset()
+    rig = await _exporting(tmp_path, fake)
+    try:
+        await rig.daemon._export_metrics()  # the daemon's "gcp-export" job
+        report = rig.exporter.last
+        assert report is not None and report.errors == []
+        # Descriptors first, one per metric type, with kind, value type, unit and every label key used.
+        descriptors = {
+            d.metric_descriptor.type: d.metric_descriptor for d in fake.calls("CreateMetricDescriptor")
+        }
+        assert set(descriptors) == {f"{EXPORT_PREFIX}/{m}" for m in METRICS}
+        success = descriptors[f"{EXPORT_PREFIX}/probe/success"]
+        assert (success.metric_kind, success.value_type, success.unit) == (
+            metric_pb2.MetricDescriptor.MetricKind.GAUGE,
+            metric_pb2.MetricDescriptor.ValueType.INT64,
+            "1",
+        )
+        assert sorted(label.key for label in success.labels) == ["check", "kind", "probe"]
+        assert descriptors[f"{EXPORT_PREFIX}/probe/latency"].unit == "s"
+        # Every series: a generic_task of this replica, exactly one point at the export time.
+        series = _series_written(fake)
+        assert len(series) == report.written == report.points
+        for ts in series:
+            assert ts.resource.type == "generic_task"
+            assert dict(ts.resource.labels) == {
+                "project_id": PROJECT,
+                "location": "asia-east1",
+                "namespace": "sre-watchdog",
+                "job": "watchdog",
+                "task_id": "replica-1",
+            }
+            assert len(ts.points) == 1 and ts.points[0].interval.end_time.seconds == int(EXPORT_NOW)
+
+        # What arrived, read back from the fake.
+        def written(metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+            return {
+                tuple(sorted(labels.items())): v
+                for labels, _, v in fake.points_written(f"{EXPORT_PREFIX}/{metric}")
+            }
+
+        assert written("probe/success") == {
+            (("kind", "http"), ("probe", "api")): 1.0,
+            (("check", "host"), ("kind", "postgres"), ("probe", "content-db")): 1.0,
+            (("check", "locks"), ("kind", "postgres"), ("probe", "content-db")): 0.0,
+        }
+        assert (
+            written("probe/latency")[(("check", "locks"), ("kind", "postgres"), ("probe", "content-db"))]
+            == 2.0
+        )
+        evaluation = rig.daemon.slo_engine.last if rig.daemon.slo_engine else None
+        assert evaluation is not None
+        api = evaluation.status("api")
+        assert written("slo/budget_remaining") == {(("slo", "api"),): pytest.approx(api.budget.remaining)}
+        burn = written("slo/burn_rate")
+        assert burn[(("slo", "api"), ("window", "1h"))] == pytest.approx(api.windows["1h"].burn_rate)
+        assert (("slo", "api"), ("window", "30d")) in burn
+        assert written("canary/percent") == {(("rollout", "content-db"),): 5.0}
+        assert written("canary/held") == {(("rollout", "content-db"),): 0.0}
+        assert written("incidents/open") == {
+            (("severity", "critical"),): 1.0,
+            (("severity", "info"),): 0.0,
+            (("severity", "warning"),): 0.0,
+        }
+        # Counted on the daemon's registry; and readable back through the reader, over the same protocol.
+        assert _counter(rig.daemon.registry, "watchdog_gcp_export_points_total") == report.written
+        reader = CloudMonitoringMetricSource(
+            PROJECT, endpoint=fake.endpoint, clock=FakeClock(EXPORT_NOW + 30)
+        )
+        try:
+            open_critical = await reader.query(
+                f'metric.type="{EXPORT_PREFIX}/incidents/open" AND metric.labels.severity="critical"'
+            )
+        finally:
+            await reader.aclose()
+        assert [(s.value, s.labels["task_id"]) for s in open_critical] == [(1.0, "replica-1")]
+    finally:
+        await rig.exporter.aclose()
+
+
+async def test_export_batches_at_most_200_series_and_5s_apart(tmp_path: Path, fake: FakeMonitoring) -> None:
+    fake.reset()
+    rig = await _exporting(tmp_path, fake)
+    try:
+        await rig.store.record(
+            [ProbeResult(f"p{i:03d}", "http", "t", Outcome.OK, 0.01, EXPORT_NOW - 1) for i in range(300)]
+        )
+        first = await rig.exporter.export(rig.daemon)
+        sizes = [len(req.time_series) for req in fake.calls("CreateTimeSeries")]
+        assert first.points == first.written > 600
+        assert sizes == [200] * (first.points // 200) + ([first.points % 200] if first.points % 200 else [])
+        # Again at once: skipped, nothing sent (one point per series per 5 s).
+        again = await rig.exporter.export(rig.daemon)
+        assert again.skipped and len(fake.calls("CreateTimeSeries")) == len(sizes)
+        rig.clock.advance(10)
+        later = await rig.exporter.export(rig.daemon)
+        assert later.errors == [] and later.written == first.written
+        # The descriptors were created once; the fake accepted every point as newer than the last.
+        assert len(fake.calls("CreateMetricDescriptor")) == len(METRICS)
+        assert len(fake.points_written(f"{EXPORT_PREFIX}/probe/success")) == 2 * 303
+    finally:
+        await rig.exporter.aclose()
+
+
+async def test_export_retries_unavailable_and_counts_refusals(tmp_path: Path, fake: FakeMonitoring) -> None:
+    fake.reset()
+    rig = await _exporting(tmp_path, fake)
+    registry = rig.daemon.registry
+    try:
+        fake.fail("CreateTimeSeries", grpc.StatusCode.UNAVAILABLE, "try again", times=2)
+        ok = await rig.exporter.export(rig.daemon)
+        assert ok.errors == [] and ok.written == ok.points
+        assert len(fake.calls("CreateTimeSeries")) == 3  # two refused, the third written
+        rig.clock.advance(60)
+        fake.fail(
+            "CreateTimeSeries",
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Permission monitoring.timeSeries.create denied",
+        )
+        refused = await rig.exporter.export(rig.daemon)
+        assert refused.written == 0 and refused.failed_requests == 1
+        assert refused.errors == [
+            f"Cloud Monitoring refused to write to project {PROJECT}: permission denied (the watchdog's "
+            "service account needs roles/monitoring.metricWriter): "
+            "Permission monitoring.timeSeries.create denied"
+        ]
+        assert _counter(registry, "watchdog_gcp_export_failures_total", {"reason": "PERMISSION_DENIED"}) == 1
+        rig.clock.advance(60)
+        fake.fail("CreateTimeSeries", grpc.StatusCode.RESOURCE_EXHAUSTED, "Quota exceeded")
+        quota = await rig.exporter.export(rig.daemon)
+        assert "quota exhausted" in quota.errors[0]
+        assert _counter(registry, "watchdog_gcp_export_failures_total", {"reason": "RESOURCE_EXHAUSTED"}) == 1
+        rig.clock.advance(60)
+        back = await rig.exporter.export(rig.daemon)
+        assert back.errors == [] and back.written == back.points
+        assert _counter(registry, "watchdog_gcp_export_points_total") == ok.written + back.written
+    finally:
+        await rig.exporter.aclose()
+
+
+async def test_a_new_label_key_extends_the_descriptor(tmp_path: Path, fake: FakeMonitoring) -> None:
+    fake.reset()
+    rig = await _exporting(tmp_path, fake)
+    try:
+        await rig.exporter.export(rig.daemon)
+        await rig.store.record(
+            [
+                ProbeResult(
+                    "journey",
+                    "journey",
+                    "t",
+                    Outcome.OK,
+                    0.3,
+                    EXPORT_NOW,
+                    labels={"step": "login", "Lang": "zhTW"},
+                )
+            ]
+        )
+        rig.clock.advance(60)
+        report = await rig.exporter.export(rig.daemon)
+        assert report.errors == []
+        updates = [d.metric_descriptor for d in fake.calls("CreateMetricDescriptor")][len(METRICS) :]
+        assert sorted(d.type.rsplit("/", 2)[-2] + "/" + d.type.rsplit("/", 1)[-1] for d in updates) == [
+            "probe/latency",
+            "probe/success",
+        ]
+        assert sorted(label.key for label in updates[0].labels) == ["check", "kind", "lang", "probe", "step"]
+        journey = [
+            v for labels, _, v in fake.points_written(f"{EXPORT_PREFIX}/probe/success") if labels.get("step")
+        ]
+        assert journey == [1.0]
+    finally:
+        await rig.exporter.aclose()
+
+
+async def test_export_never_holds_up_the_probes(tmp_path: Path, fake: FakeMonitoring) -> None:
+    """A slow API (each call 1.5 s) against a 1 s export timeout: the export gives up and counts it, and the
+    probes, on the same event loop, keep their schedule meanwhile."""
+    fake.reset()
+    fake.delay_s = 1.5
+    clock = SystemClock()
+    config = _export_config(tmp_path, fake.endpoint, every=10, timeout=1)
+    config.settings = config.settings.model_copy(
+        update={"defaults": ProbeDefaults(interval=0.1, timeout=1, jitter=0)}
+    )
+    probes: list[Probe] = [FakeProbe("tick", [Outcome.OK], clock=clock, interval_s=0.1)]
+    daemon = Daemon(
+        wire(config, store=MemoryStore(), clock=clock, probes=probes, instance="replica-1", env={})
+    )
+    await daemon.start()
+    try:
+        await asyncio.sleep(0.3)
+        before = daemon.runs_completed
+        t0 = time.monotonic()
+        daemon.scheduler.modify_job("gcp-export", next_run_time=datetime.now(UTC))
+        while time.monotonic() - t0 < 5:
+            if daemon.exporter is None or daemon.exporter.last is not None:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        ran = daemon.runs_completed - before
+    finally:
+        await daemon.stop()
+        fake.delay_s = 0.0
+    assert daemon.exporter is not None and daemon.exporter.last is not None
+    assert daemon.exporter.last.errors == ["export did not finish within 1s"]
+    assert _counter(daemon.registry, "watchdog_gcp_export_failures_total", {"reason": "TIMEOUT"}) == 1
+    assert 0.9 < elapsed < 2.0
+    assert ran >= 0.6 * elapsed / 0.1  # ~10 runs a second went on while the export waited

@@ -4,11 +4,34 @@ when their section is set, so a watchdog without ``google_cloud`` loads nothing 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from watchdog.config.types import PositiveDuration
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CloudMonitoringExport(_Strict):
+    """The watchdog's own results written to Cloud Monitoring as custom metrics
+    (``watchdog.runtime.gcp_export``): probes, SLO budgets and burn rates, canaries, open incidents."""
+
+    every: PositiveDuration = Field(default=60.0, ge=10)
+    """One point per series per export; Cloud Monitoring takes at most one point per series every 5 s."""
+    prefix: str = Field(
+        default="custom.googleapis.com/watchdog",
+        pattern=r"^custom\.googleapis\.com/[A-Za-z0-9_./-]*[A-Za-z0-9_]$",
+    )
+    """Metric type prefix: ``<prefix>/probe/success`` and so on."""
+    timeout: PositiveDuration = 20.0
+    """Bound on one export (metric descriptors, every batch, retries); at most ``every``."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CloudMonitoringExport:
+        if self.timeout > self.every:
+            raise ValueError("export_metrics.timeout must not exceed export_metrics.every")
+        return self
 
 
 class GoogleCloud(_Strict):
@@ -24,3 +47,5 @@ class GoogleCloud(_Strict):
     """Per API (``monitoring``, ``logging``, ``clouderrorreporting``, ``secretmanager``, ``run``): an endpoint
     to use instead of Google's, e.g. a private endpoint or a server on loopback in tests. Calls to an
     ``http://`` endpoint go without credentials."""
+    export_metrics: CloudMonitoringExport | None = None
+    """Write the watchdog's own results to Cloud Monitoring (``export_metrics: {}`` for the defaults)."""
