@@ -8,8 +8,10 @@ or notifiers; everything they do not pass is built exactly as in production.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +141,58 @@ def deployment_warnings(config: WatchdogConfig, env: Mapping[str, str]) -> list[
                 f"intake {intake.name} ({intake.kind}) has no token: set {intake.token_env}, until then "
                 "it refuses every request"
             )
+    warnings.extend(google_cloud_warnings(config))
+    return warnings
+
+
+_RUN_SERVICE = re.compile(r"projects/[^/]+/locations/([^/]+)/services/[^/]+")
+
+
+def google_cloud_warnings(config: WatchdogConfig) -> list[str]:
+    """Regions that differ between the Cloud SQL instance, the Cloud Run service and the watchdog (the
+    seed's first lesson: its staging "relation does not exist" errors were timeouts from Cloud Run in
+    asia-east1 talking to Cloud SQL in us-central1), names not in their documented form, and integrations
+    asked for without the ``gcp`` extra installed."""
+    cloud = config.settings.google_cloud
+    if cloud is None:
+        return []
+    warnings: list[str] = []
+    regions: list[tuple[str, str]] = []
+    if cloud.cloud_sql_instance:
+        parts = cloud.cloud_sql_instance.split(":")
+        if len(parts) == 3 and all(parts):
+            regions.append((f"the Cloud SQL instance {cloud.cloud_sql_instance}", parts[1]))
+        else:
+            warnings.append(
+                f"google_cloud.cloud_sql_instance {cloud.cloud_sql_instance!r} is not a connection name "
+                "(PROJECT:REGION:INSTANCE)"
+            )
+    if cloud.cloud_run_service:
+        match = _RUN_SERVICE.fullmatch(cloud.cloud_run_service)
+        if match:
+            regions.append((f"the Cloud Run service {cloud.cloud_run_service}", match.group(1)))
+        else:
+            warnings.append(
+                f"google_cloud.cloud_run_service {cloud.cloud_run_service!r} is not "
+                "projects/PROJECT/locations/REGION/services/SERVICE"
+            )
+    if cloud.region:
+        regions.append(("the watchdog (google_cloud.region)", cloud.region))
+    if len({region for _, region in regions}) > 1:
+        where = "; ".join(f"{what} is in {region}" for what, region in regions)
+        warnings.append(
+            f"google_cloud regions differ: {where}. Every request between regions pays the distance (the "
+            "seed's staging errors were such timeouts); put the service, its database and the watchdog in "
+            "one region"
+        )
+    wanted = []
+    if cloud.logging == "api":
+        wanted.append(("google_cloud.logging: api", "google.cloud.logging"))
+    if cloud.error_reporting is not None:
+        wanted.append(("google_cloud.error_reporting", "google.cloud.errorreporting_v1beta1"))
+    for what, module in wanted:
+        if importlib.util.find_spec(module) is None:
+            warnings.append(f"{what} needs the gcp extra (pip install 'sre-watchdog[gcp]'); it stays off")
     return warnings
 
 
