@@ -196,3 +196,74 @@ def test_watchdog_run_reports_its_own_errors_and_logs_through_the_api(
     assert errors and errors[0]["jsonPayload"]["message"].startswith("cannot open the state store")
     assert errors[0]["logName"] == "projects/watched-project/logs/watchdog"
     assert errors[0]["resource"] == {"type": "global", "labels": {"project_id": "watched-project"}}
+
+
+async def test_a_failed_rollback_reaches_error_reporting_once_per_window(
+    fake: FakeErrorReporting, tmp_path: Path
+) -> None:
+    """The canary guard logs a failed flip at ERROR on every attempt; Error Reporting gets the first one
+    (what failed, where the guard logged it), the retries within the window are counted, not sent."""
+    from watchdog.canary.guard import ROLLBACK_FAILED_ALERT, ROLLED_BACK_ALERT, CanaryGuard
+    from watchdog.config.loader import load_config
+    from watchdog.config.rollouts import Rollout
+    from watchdog.core.clock import FakeClock
+    from watchdog.core.results import Outcome, ProbeResult
+    from watchdog.flags.memory import MemoryFlagBackend
+    from watchdog.incidents.manager import IncidentManager
+    from watchdog.store.memory import MemoryStore
+
+    for folder in ("probes", "alerts", "runbooks"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "probes" / "p.yaml").write_text(
+        "probes:\n  - {name: content-db, kind: http, url: 'http://127.0.0.1:9/', labels: {cohort: db}}\n"
+        "  - {name: content-yaml, kind: http, url: 'http://127.0.0.1:9/', labels: {cohort: yaml}}\n"
+    )
+    (tmp_path / "alerts" / "e.yaml").write_text(
+        "escalation:\n  - name: default\n    levels:\n      - {level: L1, who: dev, notify: [{type: log}]}\n"
+    )
+    for alert in (ROLLED_BACK_ALERT, ROLLBACK_FAILED_ALERT, "canary-held"):
+        (tmp_path / "runbooks" / f"{alert}.md").write_text(f"# {alert}\n")
+    clock = FakeClock(1_767_225_600.0)
+    store = MemoryStore()
+    await store.open()
+    flag = MemoryFlagBackend(5.0, clock=clock, updated_by="release-engineer", reason="canary start")
+    rollout = Rollout.model_validate(
+        {
+            "name": "content-db",
+            "flag": {"backend": "flagd_file", "path": "/unused/flags.json"},
+            "canary": {"probe": "content-db", "match": {"cohort": "db"}},
+            "baseline": {"probe": "content-yaml", "match": {"cohort": "yaml"}},
+        }
+    )
+    guard = CanaryGuard(rollout, flag, store, IncidentManager(load_config(tmp_path), store, clock), clock)
+    guard.observe_slos(())  # as the daemon does without SLOs
+
+    reporter = _reporter(fake)
+    handler = ErrorReportingHandler(reporter)
+    guard_log = logging.getLogger("watchdog.canary.guard")
+    guard_log.addHandler(handler)
+    try:
+        flag.fail_writes = True
+        await guard.check()
+        results = []
+        for _ in range(5):
+            clock.advance(1)
+            results.append(
+                ProbeResult(
+                    "content-db", "http", "t", Outcome.FAILED, 0.02, clock.now(), labels={"cohort": "db"}
+                )
+            )
+        await store.record(results)
+        actions = []
+        for _ in range(5):
+            actions.append((await guard.check()).action)
+            clock.advance(60)
+    finally:
+        guard_log.removeHandler(handler)
+    stats = reporter.close()
+    assert actions.count("retrying") >= 3, actions
+    assert stats.sent == 1 and stats.suppressed == actions.count("retrying") - 1, stats
+    [request] = fake.accepted
+    assert request.event.message.startswith("rollout content-db: the rollback flip failed (attempt 1)")
+    assert "write failed" in request.event.message
+    assert request.event.context.report_location.file_path.endswith("watchdog/canary/guard.py")
