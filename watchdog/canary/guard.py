@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from watchdog.canary import cohorts
+from watchdog.canary.cloud_run import TrafficRollback
 from watchdog.canary.sequential import (
     RESTART_TIERS,
     RateEvidence,
@@ -146,9 +147,12 @@ class CanaryGuard:
         store: GuardStore,
         incidents: IncidentManager,
         clock: Clock,
+        traffic: TrafficRollback | None = None,
     ) -> None:
         self.rollout = rollout
         self.flag = flag
+        self.traffic = traffic
+        """Cloud Run traffic back to the previous revision when the flag rollback was not enough."""
         self._store = store
         self._incidents = incidents
         self._clock = clock
@@ -212,6 +216,10 @@ class CanaryGuard:
             return await self._flip(record)
         if record.state in (ROLLED_BACK, HELD):
             why = str(data.get("reason", ""))
+            if record.state == ROLLED_BACK and self.traffic is not None and "flipped_at" in data:
+                # After the verified flag rollback: step 2 if it did not bring the error rate back.
+                count = cohorts.counter(self, cohort_counts, Counts)
+                why += "; " + await self.traffic.after_flag_rollback(float(data["flipped_at"]), count)
             return Decision(record.state, f"waiting for a person to release it: {why}", flag.db_percent)
         if not math.isclose(flag.db_percent, percent, abs_tol=1e-6):
             return await self._flag_moved(record, flag, now)

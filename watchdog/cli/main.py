@@ -68,6 +68,7 @@ def main() -> None:
       watchdog incidents list            open incidents; ack, resolve, silence them (see --help)
       watchdog page --test --config DIR  a test page to L1, end to end
       watchdog flag status --config DIR  the flag, the canary guard and its audit trail
+      watchdog traffic status --config DIR  Cloud Run traffic and its rollback (rollouts with cloud_run)
       watchdog simulate SCENARIO.yaml    alert unit tests: your config over simulated time
       python -m watchdog.demo --help     the reference service alone (the system under test)
     """
@@ -84,6 +85,7 @@ def _attach_subcommands() -> None:
     main.add_lazy_command("incidents", "watchdog.cli.incidents:incidents")
     main.add_lazy_command("page", "watchdog.cli.page:page")
     main.add_lazy_command("flag", "watchdog.cli.flag:flag")
+    main.add_lazy_command("traffic", "watchdog.cli.traffic:traffic")
     main.add_lazy_command("simulate", "watchdog.cli.simulate:simulate")
 
 

@@ -438,6 +438,9 @@ def _validate(doc: _Document, model: type[BaseModel]) -> tuple[BaseModel | None,
 
 CANARY_ALERTS = ("canary-rolled-back", "canary-rollback-failed", "canary-held")
 """The guard's own alerts: a config with rollouts needs their runbooks."""
+CLOUD_RUN_ALERTS = ("cloud-run-rolled-back", "cloud-run-rollback-failed")
+"""The Cloud Run traffic rollback's alerts (``watchdog.canary.cloud_run``): a rollout with ``cloud_run`` needs
+their runbooks."""
 
 _KIND = {
     "probes": "probe",
@@ -753,7 +756,7 @@ def _load_config(
                     references.extend(
                         (doc, "rollouts", i, "promote", "slo", name) for name in rollout.promote.slos or ()
                     )
-                for alert in CANARY_ALERTS:
+                for alert in CANARY_ALERTS + (CLOUD_RUN_ALERTS if rollout.cloud_run else ()):
                     if not (root_path / "runbooks" / f"{alert}.md").is_file():
                         line = doc.lines.get(("rollouts", i, "name"), 0)
                         problems.append(
@@ -761,6 +764,17 @@ def _load_config(
                                 doc.rel, line, f"rollouts[{i}].name", f"missing runbook runbooks/{alert}.md"
                             )
                         )
+                gcp = settings.google_cloud
+                if rollout.cloud_run and not (rollout.cloud_run.service or (gcp and gcp.cloud_run_service)):
+                    problems.append(
+                        ConfigProblem(
+                            doc.rel,
+                            doc.lines.get(("rollouts", i, "cloud_run"), 0),
+                            f"rollouts[{i}].cloud_run.service",
+                            "no Cloud Run service: set it here or google_cloud.cloud_run_service "
+                            "in watchdog.yaml",
+                        )
+                    )
     for kind_name in ("alertmanager", "cloud_monitoring"):
         if sum(1 for t in config.intake if t.kind == kind_name) > 1:
             doc_i = next(d for d in references if d[1] == "intake")

@@ -10,7 +10,7 @@ pass), the escalation policy its pages use and, optionally, staged promotion.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -151,6 +151,37 @@ class Promotion(Strict):
         return self
 
 
+_RUN_SERVICE = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/services/[^/\s]+$")
+
+
+class CloudRunRollback(Strict):
+    """Step 2 of the rollback plan ("restore the old Cloud Run version"), as the escalation of a flag
+    rollback that did not bring the error rate back: ``after`` the verified flip, while the rollout is held
+    rolled back, the guard counts ``cohort`` since the flip; conclusive evidence that it still breaks the
+    rollout's error limit sends 100 % of the service's traffic to the previous serving revision
+    (``watchdog.canary.cloud_run``), verified by reading the service back, audited, paged, then held until a
+    person releases it (``watchdog traffic release``)."""
+
+    service: str = ""
+    """``projects/P/locations/R/services/S``; empty: ``google_cloud.cloud_run_service`` of watchdog.yaml."""
+    after: PositiveDuration = 120.0
+    """How long the flag rollback has to bring the error rate back before traffic is rolled back."""
+    cohort: Literal["canary", "baseline"] = "canary"
+    """Whose error rate since the flip decides: ``canary`` (the cohort the guard judges: a probe pinned to the
+    database path keeps testing that path, which no user takes after the flip) or ``baseline`` (the YAML
+    path, which every user takes after the flip: what users see)."""
+    timeout: PositiveDuration = 120.0
+    """One attempt's bound: reading the service, the update's long-running operation, the read-back."""
+
+    @model_validator(mode="after")
+    def _service_name(self) -> CloudRunRollback:
+        if self.service and not _RUN_SERVICE.match(self.service):
+            raise ValueError(
+                f"service must be projects/PROJECT/locations/REGION/services/NAME, got {self.service!r}"
+            )
+        return self
+
+
 class Rollout(Strict):
     name: Name
     flag: FlagConfig
@@ -172,6 +203,8 @@ class Rollout(Strict):
     hold_after_rollback: bool = True
     grace: Duration = 0.0
     """Results in the first ``grace`` seconds of a stage are not counted (a cold cache right after a flip)."""
+    cloud_run: CloudRunRollback | None = None
+    """Cloud Run traffic back to the previous revision when the flag rollback was not enough (see there)."""
 
     @model_validator(mode="after")
     def _latency_needs_slow(self) -> Rollout:

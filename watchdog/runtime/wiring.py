@@ -108,11 +108,22 @@ def build_guards(
     clock: Clock,
     env: Mapping[str, str],
 ) -> list[CanaryGuard]:
-    """One canary guard per rollout, each with its flag backend (``watchdog.flags.registry``)."""
+    """One canary guard per rollout, each with its flag backend (``watchdog.flags.registry``) and, for a
+    rollout with ``cloud_run``, its Cloud Run traffic rollback (``watchdog.canary.cloud_run``)."""
+    from watchdog.canary.cloud_run import build_traffic_rollback
     from watchdog.flags.registry import build_flag_backend
 
+    gcp = config.settings.google_cloud
+    service, endpoints = (gcp.cloud_run_service, gcp.endpoints) if gcp is not None else ("", {})
     return [
-        CanaryGuard(rollout, build_flag_backend(rollout.flag, env, clock), store, incidents, clock)
+        CanaryGuard(
+            rollout,
+            build_flag_backend(rollout.flag, env, clock),
+            store,
+            incidents,
+            clock,
+            traffic=build_traffic_rollback(rollout, service, endpoints, store, incidents, clock),
+        )
         for rollout in config.rollouts
     ]
 
