@@ -52,10 +52,11 @@ def main() -> None:
     (SLACK_SIGNING_SECRET or Socket Mode), `watchdog incidents` or the HTTP API (WATCHDOG_API_TOKEN);
     Alertmanager and Cloud Monitoring alerts escalate through the same chain. The canary guard flips the
     YAML/DB flag back to YAML by itself on conclusive evidence that the database path misbehaves
-    (`watchdog flag`).
+    (`watchdog flag`); when that does not bring the error rate back, a rollout with cloud_run sends the
+    Cloud Run service's traffic back to the previous revision (`watchdog traffic`). Config values may be
+    Secret Manager references (sm://...).
 
-    Planned, not in this version: Google Cloud metrics, logs, Error Reporting and Cloud Run traffic
-    rollback.
+    Planned, not in this version: Google Cloud metrics, logs and Error Reporting.
 
     \b
     Start here:
