@@ -177,11 +177,16 @@ class CloudRunAdmin:
     def _clients(self) -> tuple[ServicesAsyncClient, RevisionsAsyncClient]:
         if self._services is not None and self._revisions is not None:
             return self._services, self._revisions
-        from google.api_core.client_options import ClientOptions
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud.run_v2 import RevisionsAsyncClient, ServicesAsyncClient
-        from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcAsyncIOTransport
-        from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
+        try:
+            from google.api_core.client_options import ClientOptions
+            from google.auth.exceptions import DefaultCredentialsError
+            from google.cloud.run_v2 import RevisionsAsyncClient, ServicesAsyncClient
+            from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcAsyncIOTransport
+            from google.cloud.run_v2.services.services.transports import ServicesGrpcAsyncIOTransport
+        except ImportError as exc:
+            raise TrafficError(
+                f"google-cloud-run is not installed ({exc}); install sre-watchdog[gcp]", permanent=True
+            ) from None
 
         if self.endpoint.startswith("http://"):
             from grpc import aio  # type: ignore[import-untyped]

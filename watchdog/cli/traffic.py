@@ -171,6 +171,8 @@ def status(config_dir: Path, state_spec: str | None, rollout_name: str | None, a
         click.echo(f"  no rollback possible: {to['none']}")
     reason = result["record"].get("reason")
     click.echo(f"  traffic rollback: {result['state']}" + (f" — {reason}" if reason else ""))
+    if result["record"].get("last_error"):
+        click.echo(f"  last error: {result['record']['last_error']}")
     if result["audit"]:
         click.echo("audit trail:")
         for a in result["audit"]:

@@ -194,6 +194,7 @@ class SecretResolver:
 
     # -- the call --------------------------------------------------------------------------------------
     def _access(self, ref: SecretRef) -> str:
+        client = self._connect(ref)
         from google.api_core import exceptions as gexc
 
         retryable = (
@@ -202,7 +203,6 @@ class SecretResolver:
             gexc.ResourceExhausted,
             gexc.InternalServerError,
         )
-        client = self._connect(ref)
         deadline = self._google_cloud.secrets_deadline if self._google_cloud else DEFAULT_DEADLINE_S
         if self._deadline_at is None:
             self._deadline_at = time.monotonic() + deadline
@@ -260,11 +260,16 @@ class SecretResolver:
     def _connect(self, ref: SecretRef) -> SecretManagerServiceClient:
         if self._client is not None:
             return self._client
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud.secretmanager_v1 import SecretManagerServiceClient
-        from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
-            SecretManagerServiceGrpcTransport,
-        )
+        try:
+            from google.auth.exceptions import DefaultCredentialsError
+            from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+            from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+                SecretManagerServiceGrpcTransport,
+            )
+        except ImportError as exc:
+            raise SecretError(
+                f"{ref}: google-cloud-secret-manager is not installed ({exc}); install sre-watchdog[gcp]"
+            ) from None
 
         endpoints = self._google_cloud.endpoints if self._google_cloud is not None else {}
         endpoint = endpoints.get("secretmanager", "")
