@@ -188,7 +188,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["validate", "--config", str(REPO)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output.startswith("ok: 8 probes, 7 SLOs, 11 alerts")
+    assert ok.output.startswith("ok: 8 probes, 8 SLOs, 12 alerts")
     root = _copy_example(tmp_path)
     (root / "probes" / "api.yaml").write_text("probes:\n  - name: x\n    kind: http\n")
     bad = runner.invoke(main, ["validate", "--config", str(root)])

@@ -288,9 +288,36 @@ inhibit:
     rig.clock.set(START + 5 * MIN)
     await rig.manager.clear(source, "back")
     await rig.at(5)
-    assert [p.key for p in rig.slack.sent if p.event == "fired"] == [source, target], (
-        "the source resolved: the alert it explained pages now"
+    await rig.at(14)
+    assert [p.key for p in rig.slack.sent if p.event == "fired"] == [source], (
+        "within the grace after the source resolved: its errors may still be in the target's windows"
     )
+    await rig.at(16)
+    fired = [p for p in rig.slack.sent if p.event == "fired"]
+    assert [p.key for p in fired] == [source, target], "still firing after the grace: a fault of its own"
+    assert fired[-1].note == "still firing 10m after db-down resolved"
+
+
+async def test_an_inhibited_alert_that_clears_within_the_grace_never_pages(tmp_path: Path) -> None:
+    """The database comes back; the content alert it explained clears 5 min later as its windows empty:
+    nobody is paged for it (it used to page the moment the database alert resolved)."""
+    extra = """
+inhibit:
+  - {name: db-explains, source: db-down, targets: [api-errors], reason: the database is down, grace: 8m}
+"""
+    rig = await _rig(_write_config(tmp_path / "c", extra), MemoryStore())
+    source = await rig.fire("db-down")
+    target = await rig.fire("api-errors")
+    rig.clock.set(START + 5 * MIN)
+    await rig.manager.clear(source, "back")
+    for minute in range(5, 10):
+        await rig.at(minute)
+    rig.clock.set(START + 10 * MIN)
+    await rig.manager.clear(target, "back")
+    for minute in range(10, 30):
+        await rig.at(minute)
+    assert [p.key for p in rig.slack.sent if p.event == "fired"] == [source]
+    assert all(p.key != target for p in rig.slack.sent if p.event != "note"), rig.slack.sent
 
 
 async def test_maintenance_window_mutes_and_is_announced(tmp_path: Path) -> None:

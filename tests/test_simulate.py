@@ -34,32 +34,7 @@ from watchdog.store.memory import MemoryStore
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((REPO / "tests" / "scenarios").glob("*.yaml"))
 
-_RESOLVE_8_MIN = (
-    "defect: a page on which the 6x / 6 h rule fired too resolves 8 min after the fault ends (the 5 m gate "
-    "empties after 5 min, then that rule's default hold, a tenth of its 30 m short window, adds 3 min); the "
-    "goal is 6 min. A 30 s hold would meet it but makes the flapping of slow-burn-1pct.yaml worse."
-)
-_INHIBITED_PAGE_ON_RECOVERY = (
-    "defect (incident manager): the alerts db-unreachable inhibits fired muted while the database was down; "
-    "when the database is back db-unreachable resolves at once, but their burn rates stay over the rate for "
-    "another 5.5-8 min, so the manager pages them then (`muted from the start: page it now`): the recovery "
-    "pages content-db-burn, api-availability-burn and db-latency-burn for a fault that has ended."
-)
-KNOWN_DEFECTS: dict[str, dict[int, str]] = {
-    "errors-100pct.yaml": {2: _RESOLVE_8_MIN},
-    "errors-20pct.yaml": {2: _RESOLVE_8_MIN},
-    "escalation-chain.yaml": {4: _RESOLVE_8_MIN},
-    "slow-burn-1pct.yaml": {
-        2: "defect: the 6x page flaps during a sustained 1 % burn (resolved and re-fired 3 times in 75 min): "
-        "its gate is the 5 m window, which at 2 s probes holds 150 results, 1.5 errors on average, and is "
-        "empty for 5 min + the 3 min hold about one time in ten"
-    },
-    "db-down.yaml": {2: _INHIBITED_PAGE_ON_RECOVERY, 3: _INHIBITED_PAGE_ON_RECOVERY},
-    "content-db-latency-300ms.yaml": {
-        0: "gap in the example config: no latency SLO watches the canary cohort (content-db); its slow "
-        "results are degraded, good for content-db-availability"
-    },
-}
+KNOWN_DEFECTS: dict[str, dict[int, str]] = {}
 
 
 def test_the_scenarios_are_there() -> None:

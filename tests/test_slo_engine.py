@@ -167,8 +167,10 @@ async def test_page_resolves_about_five_minutes_after_errors_stop() -> None:
 async def test_long_outage_page_stays_until_the_slow_rule_recovers() -> None:
     """After 10 min of errors both page rules fire; the 1h/5m rule recovers in ~5.5 min, and the page (one
     alert, as in the Workbook's ``or``-ed expression) resolves when the 6h/30m rule does: once the page's
-    shortest window (5m) has been under 6x for that rule's 3-minute hold, ~8 min (it was ~33 min while the
-    30m window, still full of the outage, held it). The stale errors in 30m and 6h do not fire it again."""
+    shortest window (5m) has been under 6x for the 30 s hold and the quiet since the last failure is
+    conclusive at the outage's own rate (100 %: a single good result), ~5.5 min (it was ~33 min while the
+    30m window, still full of the outage, held it, then ~8 min with a 3-minute hold). The stale errors in 30m
+    and 6h do not fire it again."""
     sim = Sim([slo()], T0 + 7 * 3600)
     await sim.backfill(7 * 3600)
     sim.start_engine()
@@ -180,8 +182,8 @@ async def test_long_outage_page_stays_until_the_slow_rule_recovers() -> None:
     )
     assert 300 <= fast_resolved - stop <= 360
     resolved = sim.first("page", "resolved")
-    # The 5-minute window empties (5 min), then the 6x rule's 3-minute hold (a tenth of its 30m window).
-    assert resolved is not None and 300 + 180 <= resolved - stop <= 300 + 180 + 60
+    # The 5-minute window empties (5 min), then the page's 30 s hold (a tenth of that window).
+    assert resolved is not None and 300 + 30 <= resolved - stop <= 300 + 30 + 60
     at_resolve = next(ev for ev in sim.evaluations if ev.at == resolved).statuses[0]
     assert at_resolve.windows["30m"].burn_rate > 6 and at_resolve.windows["6h"].burn_rate > 6
     assert [s.state for _, s in sim.signals if s.severity == "page"] == ["firing", "resolved"]
@@ -192,7 +194,8 @@ async def test_hysteresis_keeps_a_page_from_flapping(phase: float) -> None:
     """After a page, one failure every 285 s (1.75 % errors, still over 14.4x on the hour) keeps the 5-minute
     window dipping under the rate for a few seconds at a time: it empties of one failure (gradually, as
     the oldest minute counts pro rata) just before the next arrives. With the default 30 s hold the page
-    stays up; without a hold it resolves and re-fires again and again."""
+    stays up; without a hold it resolves and re-fires (the quiet-run test alone does not stop it: after a
+    2-minute outage at 100 % the fault's rate reads high, so a short quiet run looks conclusive)."""
     alerts = [{"severity": "page", "burn_rate": 14.4, "long_window": "1h", "short_window": "5m"}]
 
     async def page_states(**kw: Any) -> list[str]:
@@ -210,7 +213,7 @@ async def test_hysteresis_keeps_a_page_from_flapping(phase: float) -> None:
 
     assert await page_states() == ["firing"]
     flappy = await page_states(resolve_after=0)
-    assert flappy.count("resolved") >= 2 and flappy.count("firing") >= 3
+    assert flappy.count("resolved") >= 1 and flappy.count("firing") >= 2
 
 
 # -- the peers' mistakes ----------------------------------------------------------------------------------
@@ -520,8 +523,9 @@ async def test_restored_firing_state_resolves() -> None:
     await sim.backfill(3600)
     sim.start_engine(firing=[("api", "page"), ("api", "no_data"), ("other", "page")])
     await sim.run(240)
-    # Clear from the first tick on; the page resolves when its slowest rule (6h/30m, 3 min hold) does.
-    assert sim.first("page", "resolved") == T0 + 3600 + STEP + 180
+    # Clear from the first tick on (no failure in either rule's short window); the page resolves after its
+    # 30 s hold.
+    assert sim.first("page", "resolved") == T0 + 3600 + STEP + 30
     assert sim.first("ticket", "resolved", reason="no_data") == T0 + 3600 + STEP
 
 

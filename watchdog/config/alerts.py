@@ -170,6 +170,10 @@ class InhibitRule(Strict):
     source: Name
     targets: list[Name] = Field(min_length=1)
     reason: str = ""
+    grace: Duration = 600.0
+    """A target muted from the start stays muted this long after the source resolves: its windows still
+    hold the errors the source explained (an SLO burn clears minutes after the errors stop), so paging it
+    then would page for an outage that is over. Still firing after ``grace``: it pages, saying so."""
 
 
 class MaintenanceWindow(Strict):

@@ -165,9 +165,13 @@ class IncidentManager:
         self._no_data_tier = {s.name: s.no_data_severity for s in config.slos}
         # inhibited alert → the alerts that explain it (with the rule's reason)
         self._inhibitors: dict[str, list[tuple[str, str]]] = {}
+        self._inhibit_grace: dict[tuple[str, str], float] = {}
+        """(target, source) → how long the target stays muted after the source resolves."""
         for rule in config.inhibit:
             for target in rule.targets:
                 self._inhibitors.setdefault(target, []).append((rule.source, rule.reason or rule.name))
+                grace = self._inhibit_grace.get((target, rule.source), 0.0)
+                self._inhibit_grace[(target, rule.source)] = max(grace, rule.grace)
         self._announced: set[str] = set()
         self.on_enqueued: Callable[[], None] | None = None
         """Called (on the daemon's loop) after a change put pages in the outbox: the daemon wakes its
@@ -545,19 +549,39 @@ class IncidentManager:
         key = incident.key
         if mute is not None:
             if muted_by == mute.to_dict():
-                return None
-            data.update(muted_by=mute.to_dict(), **_no_timers())
+                if data.get("inhibit_ended_at") is None:
+                    return None
+                data["inhibit_ended_at"] = None  # the source fires again: no grace running
+                return await self._cas(incident, incident.state, data, now, [], "")
+            data.update(muted_by=mute.to_dict(), inhibit_ended_at=None, **_no_timers())
             outbox = self._notes(key, version, data, incident.state, "muted", f"muted: {mute.describe()}")
             return await self._cas(incident, incident.state, data, now, outbox, "muted")
         if muted_by:
+            note = ""
+            if not data.get("paged") and isinstance(muted_by, dict) and muted_by.get("kind") == "inhibited":
+                # Muted from the start by an alert that has resolved: its errors are still in this alert's
+                # windows, so wait out the rule's grace before calling it a fault of its own.
+                source = str(muted_by.get("name", ""))
+                grace = self._inhibit_grace.get((alert, source), 0.0)
+                ended = data.get("inhibit_ended_at")
+                if ended is None and grace > 0:
+                    data["inhibit_ended_at"] = now
+                    return await self._cas(incident, incident.state, data, now, [], "")
+                if ended is not None and now - float(ended) < grace:
+                    return None
+                if grace > 0:
+                    note = f"still firing {format_duration(grace)} after {source} resolved"
             data["muted_by"] = None
+            data["inhibit_ended_at"] = None
             if not data.get("paged"):
                 # Never paged (muted from the start): page it now, as it would have been.
                 levels = _levels_to_page(policy, severity)
                 data.update(paged=levels, level=_index_of(policy, levels[-1]), since=data.get("since", now))
                 data.update(self._timers(policy, severity, int(data["level"]), now))
                 outbox = [
-                    self._page_entry(key, version, data, incident.state, "fired", lv, _targets(policy, [lv]))
+                    self._page_entry(
+                        key, version, data, incident.state, "fired", lv, _targets(policy, [lv]), note
+                    )
                     for lv in levels
                 ]
                 return await self._cas(incident, incident.state, data, now, outbox, "fired")

@@ -22,13 +22,15 @@ Decisions (details in the modules named):
 - Alerts (``burn``, ``engine``): a rule fires when both its windows exceed the rate *and* so does its
   severity's shortest short window (5 m for both page rules), each window holding ``min_events`` events to
   count (a shortest window that does not count is replaced by the rule's own short one). A firing rule
-  resolves once that condition has been false for its ``resolve_after`` (default: a tenth of its short
-  window: 30 s for the 1h/5m page, 3 min for the 6h/30m one), so a page resolves 5.5 min after a short burst
-  stops (8 min when the 6x rule fired too), not when the 30-minute window empties (33 min); a sustained burn
-  over the rate keeps every window over it; and stale errors in the long windows cannot re-fire a resolved
-  rule. Signals are per SLO and severity (page, ticket) plus ``no_data``: firing when the first rule of the
-  severity fires, resolved when the last one has resolved. A resolve states the incident's cost: the bad
-  events from the leading rule's short window at firing until the resolve, as a share of the budget.
+  resolves once that condition has been false for its ``resolve_after`` (default: a tenth of that shortest
+  window: 30 s for both pages) and the fault is over (``engine._fault_is_over``): the good events since the
+  last bad one are conclusive at the rate the incident showed, or the rule's short window is clean. So a
+  page resolves 5.5 min after a hard fault or short burst stops, not when the 30-minute window empties
+  (33 min); a sustained 1 % burn does not flap; and stale errors in the long windows cannot re-fire a
+  resolved rule. Signals are per SLO and severity (page, ticket) plus ``no_data``: firing when the first
+  rule of the severity fires, resolved when the last one has resolved. A resolve states the incident's
+  cost: the bad events from the leading rule's short window at firing until the resolve, as a share of the
+  budget.
 - No data (``burn``): ``ignore`` (burn 0, nothing fires), ``alert`` (a ``no_data`` signal of
   ``no_data_severity`` once ``no_data_after`` passed without data, also counted from engine start), ``bad``
   (minutes without data beyond ``no_data_after`` are bad minutes, or that many bad events as an average

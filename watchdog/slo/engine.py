@@ -153,7 +153,7 @@ class _Slo:
                 cfg=a,
                 rule_id=a.rule_id,
                 hold=a.resolve_after if a.resolve_after is not None
-                else cfg.resolve_after if cfg.resolve_after is not None else a.short_window / 10.0,
+                else cfg.resolve_after if cfg.resolve_after is not None else _gate_of(cfg, a) / 10.0,
                 min_events=a.min_events if a.min_events is not None else cfg.min_events,
             )
             for a in cfg.alerts
@@ -192,6 +192,52 @@ class _Slo:
             return p
         start, month_end = cached
         return Period(start, end, month_end - start, month_end, False, self._label, w.timezone)
+
+
+def _gate_of(cfg: SloConfig, alert: BurnRateAlert) -> float:
+    """The shortest short window of the alert's severity: the window that says the errors go on."""
+    return min(a.short_window for a in cfg.alerts if a.severity == alert.severity)
+
+
+QUIET_EVIDENCE = 0.001
+"""A firing rule resolves once the good events since its last bad one would happen by chance with at most
+this probability if the fault went on at the rate it showed (``_fault_is_over``)."""
+
+
+def _fault_is_over(series: CumulativeSeries, end: float, end_vals: Values, fired_at: float, gate: float,
+                   limit: float) -> bool:
+    """Whether the errors that fired a rule have stopped, by the run of good events since the last bad one.
+
+    The fault's rate ``p`` is what the incident showed: bad / total from ``gate`` before the rule fired up
+    to the last bad event (a 59 s outage at 100 % is ~20 % over that span; a sustained 1 % burn is 1 %).
+    It is over once ``(1 - p)^n <= QUIET_EVIDENCE`` for the ``n`` good events since: 31 events after a
+    20 % fault, 687 after a 1 % one (a fixed hold either resolves the first late or flaps on the second:
+    at 2 s probes a 1 % fault leaves the 5 m window empty one time in five). Or once ``limit`` (the rule's
+    short window) holds no bad event at all: low traffic or no data cannot keep a page open forever.
+    Minute resolution: the minute holding the last bad event does not count as quiet."""
+    bad_end = end_vals[TOTAL] - end_vals[GOOD]
+    w = series.at(end - limit)
+    if bad_end - (w[TOTAL] - w[GOOD]) < 0.5:  # the short window (its oldest minute pro rata) is clean
+        return True
+    t = math.floor(end / 60.0) * 60.0
+    if t >= end:
+        t -= 60.0
+    quiet_from = end
+    while t > end - limit:
+        v = series.at(t)
+        if bad_end - (v[TOTAL] - v[GOOD]) > 0.5:
+            break
+        quiet_from = t
+        t -= 60.0
+    q = series.at(quiet_from)
+    quiet = end_vals[TOTAL] - q[TOTAL]
+    f = series.at(fired_at - gate)
+    total = q[TOTAL] - f[TOTAL]
+    bad = total - (q[GOOD] - f[GOOD])
+    if total <= _EPS or bad <= _EPS:
+        return False
+    p = min(bad / total, 1.0 - 1e-12)
+    return quiet * -math.log1p(-p) >= -math.log(QUIET_EVIDENCE)
 
 
 def _sub(a: Values, b: Values) -> Values:
@@ -603,6 +649,11 @@ class SloEngine:
                 gate_ok = gate.counts
                 fire, clear = rule_conditions(long, short, a.burn_rate, gate)
             state = rule.state
+            if state.firing and clear and not _fault_is_over(
+                series, end, end_vals, state.since if state.since is not None else end, rule.gate,
+                a.short_window,
+            ):
+                clear = False
             step_rule(state, fire=fire, clear=clear, now=now, hold=rule.hold)
             rule_statuses.append(
                 RuleStatus(rule.rule_id, a.severity, a.burn_rate, labels[a.long_window],
