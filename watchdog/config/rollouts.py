@@ -189,7 +189,8 @@ class Rollout(Strict):
     baseline: Cohort | None = None
     limits: Limits = Field(default_factory=Limits)
     alpha: float = Field(default=0.001, gt=0, lt=0.5)
-    """Bound on the false-rollback probability over the whole rollout, however often it is checked."""
+    """Bound on the false-rollback probability per day of watching, however often it is checked (spent on
+    the stage-long test and the restarted ones: ``watchdog.canary.sequential``)."""
     min_samples: int = Field(default=3, ge=1)
     """No decision on fewer canary results than this."""
     no_data_after: PositiveDuration = 120.0
