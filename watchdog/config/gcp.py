@@ -4,13 +4,31 @@ when their section is set, so a watchdog without ``google_cloud`` loads nothing 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchdog.config.types import PositiveDuration
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorReporting(_Strict):
+    """The watchdog's own errors (exceptions, ERROR log records, failed rollbacks) sent to Error Reporting
+    (``watchdog.gcp.error_reporting``), from a background thread, at most one per cause per
+    ``per_cause_every``."""
+
+    service: str = Field(default="sre-watchdog", min_length=1)
+    """The ServiceContext's service: how Error Reporting groups and filters the watchdog's errors."""
+    version: str = ""
+    """The ServiceContext's version; empty: the installed package's version."""
+    per_cause_every: PositiveDuration = 600.0
+    """At most one report per cause (exception type and where it was raised, or where it was logged) in
+    this long; the others are counted as suppressed."""
+    queue: int = Field(default=100, ge=1, le=10_000)
+    """Reports waiting for the sender at most; past it new ones are dropped (and counted), never waited for."""
 
 
 class CloudMonitoringExport(_Strict):
@@ -49,3 +67,23 @@ class GoogleCloud(_Strict):
     ``http://`` endpoint go without credentials."""
     export_metrics: CloudMonitoringExport | None = None
     """Write the watchdog's own results to Cloud Monitoring (``export_metrics: {}`` for the defaults)."""
+    secrets_deadline: PositiveDuration = 30.0
+    """How long resolving the config's ``sm://`` Secret Manager references may take at one load, retries of
+    UNAVAILABLE included; past it the load fails naming the reference (``watchdog.config.secrets``)."""
+    logging: Literal["stdout", "api"] = "stdout"
+    """Where the watchdog's log goes in Cloud Logging's shape: ``stdout`` (one JSON object a line, which
+    Cloud Run's and GKE's agents read; see ``settings.log_format``) or ``api`` (the google-cloud-logging
+    client writes the entries itself, from a background thread: for hosts without such an agent)."""
+    log_name: str = Field(default="watchdog", pattern=r"^[A-Za-z0-9_./-]{1,100}$")
+    """The log the ``api`` handler writes to (``projects/P/logs/NAME``)."""
+    error_reporting: ErrorReporting | None = None
+    """Off unless set; ``true`` or ``{}`` turns it on with the defaults."""
+
+    @field_validator("error_reporting", mode="before")
+    @classmethod
+    def _error_reporting_flag(cls, value: object) -> object:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
