@@ -43,7 +43,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -307,16 +306,15 @@ class CloudMonitoringExporter:
             self._fail(report, "CREDENTIALS", str(exc))
             return
         ready = await self._ensure_descriptors(client, points, report, deadline)
-        series = [self._time_series(p, now) for p in points if p.metric in ready]
+        selected = [p for p in points if p.metric in ready]
         self._last_end = now
-        for start in range(0, len(series), MAX_SERIES_PER_REQUEST):
-            batch = series[start : start + MAX_SERIES_PER_REQUEST]
+        for start in range(0, len(selected), MAX_SERIES_PER_REQUEST):
+            batch = selected[start : start + MAX_SERIES_PER_REQUEST]
+            request = self._request(batch, now)
             report.requests += 1
 
-            async def write(left: float, batch: list[Any] = batch) -> None:
-                await client.create_time_series(
-                    name=f"projects/{self.project}", time_series=batch, retry=None, timeout=left
-                )
+            async def write(left: float, request: Any = request) -> None:
+                await client.create_time_series(request=request, retry=None, timeout=left)
 
             try:
                 await call_with_retries(write, self._left(deadline))
@@ -381,21 +379,28 @@ class CloudMonitoringExporter:
             ready.add(metric)
         return ready
 
-    def _time_series(self, p: MetricPoint, now: float) -> Any:
+    def _request(self, batch: Sequence[MetricPoint], now: float) -> Any:
+        """One ``CreateTimeSeriesRequest``, built on the protobuf message itself: proto-plus wrappers cost
+        ~0.15 ms a series, most of an export's CPU, and the time the event loop is not running probes."""
         from google.cloud import monitoring_v3
 
-        spec = METRICS[p.metric]
-        value = (
-            monitoring_v3.TypedValue(int64_value=int(p.value))
-            if spec.value_type == "INT64"
-            else monitoring_v3.TypedValue(double_value=p.value)
-        )
-        end = datetime.fromtimestamp(now, UTC)
-        return monitoring_v3.TimeSeries(
-            metric={"type": self.metric_type(p.metric), "labels": dict(p.labels)},
-            resource={"type": "generic_task", "labels": self.resource_labels},
-            points=[monitoring_v3.Point(interval=monitoring_v3.TimeInterval(end_time=end), value=value)],
-        )
+        pb = monitoring_v3.CreateTimeSeriesRequest.pb()(name=f"projects/{self.project}")
+        seconds = math.floor(now)
+        nanos = min(999_999_999, round((now - seconds) * 1e9))
+        for p in batch:
+            ts = pb.time_series.add()
+            ts.metric.type = self.metric_type(p.metric)
+            ts.metric.labels.update(p.labels)
+            ts.resource.type = "generic_task"
+            ts.resource.labels.update(self.resource_labels)
+            point = ts.points.add()
+            point.interval.end_time.seconds = seconds
+            point.interval.end_time.nanos = nanos
+            if METRICS[p.metric].value_type == "INT64":
+                point.value.int64_value = int(p.value)
+            else:
+                point.value.double_value = p.value
+        return monitoring_v3.CreateTimeSeriesRequest.wrap(pb)
 
     def __repr__(self) -> str:
         return f"CloudMonitoringExporter({self.project!r}, {describe_endpoint(self.endpoint)!r})"
