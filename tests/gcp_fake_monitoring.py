@@ -786,9 +786,11 @@ def populate(
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python tests/gcp_fake_monitoring.py``: serve synthetic data, print the endpoint, stop at EOF."""
+    """``python tests/gcp_fake_monitoring.py [AHEAD_S]``: serve synthetic data from 30 minutes ago to
+    ``AHEAD_S`` seconds from now (for a caller whose clock runs ahead), print the endpoint, stop at EOF."""
+    ahead = float(argv[0]) if argv else 0.0
     fake = FakeMonitoring(project="demo-project")
-    populate(fake, now=time.time(), minutes=30)
+    populate(fake, now=time.time() + ahead, minutes=30 + math.ceil(ahead / 60))
     print(fake.start(), flush=True)
     try:
         sys.stdin.read()
