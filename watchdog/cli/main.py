@@ -54,9 +54,10 @@ def main() -> None:
     YAML/DB flag back to YAML by itself on conclusive evidence that the database path misbehaves
     (`watchdog flag`); when that does not bring the error rate back, a rollout with cloud_run sends the
     Cloud Run service's traffic back to the previous revision (`watchdog traffic`). Config values may be
-    Secret Manager references (sm://...).
+    Secret Manager references (sm://...). On Cloud Run the log is Cloud Logging's JSON shape (log_format),
+    and google_cloud.error_reporting sends the watchdog's own errors to Error Reporting.
 
-    Planned, not in this version: Google Cloud metrics, logs and Error Reporting.
+    Planned, not in this version: Google Cloud metrics.
 
     \b
     Start here:
