@@ -28,7 +28,8 @@ class ErrorReporting(_Strict):
     """At most one report per cause (exception type and where it was raised, or where it was logged) in
     this long; the others are counted as suppressed."""
     queue: int = Field(default=100, ge=1, le=10_000)
-    """Reports waiting for the sender at most; past it new ones are dropped (and counted), never waited for."""
+    """Reports waiting for the sender at most; past it new ones are dropped (and counted), never waited
+    for."""
 
 
 class CloudMonitoringExport(_Strict):

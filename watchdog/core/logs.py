@@ -40,7 +40,8 @@ SOURCE_FIELD = "logging.googleapis.com/sourceLocation"
 
 _NOISY = ("apscheduler", "uvicorn.access", "httpx", "httpcore", "aiohttp.access")
 
-_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = {"message", "asctime", "taskName", "color_message"}
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | _STANDARD
 """What every LogRecord has; everything else on a record came from ``extra=``."""
 
 _SPECIAL_EXTRAS = frozenset({"http_request", "trace", "span_id", "trace_sampled", "labels"})
