@@ -83,9 +83,10 @@ def test_an_entry_carries_labels_payload_time_and_source_location() -> None:
             "evidence": ["errors 3/20"],
             "alerted": True,
             "previous": None,
+            "time": 1.5,  # an extra named like an entry field does not replace it
         },
     )
-    line_no = sys._getframe().f_lineno - 14
+    line_no = sys._getframe().f_lineno - 15
     [entry] = _lines(out)
     assert entry["message"] == "probe content-api is failed"
     assert entry["severity"] == "WARNING"
@@ -99,6 +100,7 @@ def test_an_entry_carries_labels_payload_time_and_source_location() -> None:
         "alerted": "true",
     }
     assert entry["latency_ms"] == 812.5 and entry["evidence"] == ["errors 3/20"]
+    assert entry["extra_time"] == 1.5
     assert "previous" not in entry and "labels" not in entry
     assert entry[SOURCE_FIELD] == {
         "file": __file__,

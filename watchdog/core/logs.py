@@ -197,7 +197,7 @@ class CloudJsonFormatter(logging.Formatter):
             if text is not None:
                 labels[key] = text
             elif value is not None:
-                entry[key] = value
+                entry[f"extra_{key}" if key in entry else key] = value  # never over severity, time...
         if labels:
             entry[LABELS_FIELD] = labels
         trace = current_trace()
