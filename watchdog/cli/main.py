@@ -57,7 +57,10 @@ def main() -> None:
     Secret Manager references (sm://...). On Cloud Run the log is Cloud Logging's JSON shape (log_format),
     and google_cloud.error_reporting sends the watchdog's own errors to Error Reporting.
 
-    Planned, not in this version: Google Cloud metrics.
+    Cloud SQL's CPU and memory can come from Cloud Monitoring, and google_cloud.export_metrics writes the
+    watchdog's own results there as custom metrics.
+
+    Planned, not in this version: Google Cloud: canary cohorts from Cloud Run's traffic per revision.
 
     \b
     Start here:
