@@ -204,17 +204,33 @@ QUIET_EVIDENCE = 0.001
 this probability if the fault went on at the rate it showed (``_fault_is_over``)."""
 
 
+def _quiet_needed_events(p: float) -> float:
+    """Good events in a row after which a fault of error ratio ``p`` is over (``QUIET_EVIDENCE``)."""
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return -math.log(QUIET_EVIDENCE) / -math.log1p(-p)
+
+
+def _fault_rate(series: CumulativeSeries, fired_at: float, gate: float, until: float) -> float | None:
+    """The incident's error ratio: bad / total from ``gate`` before the rule fired to ``until`` (a 59 s
+    outage at 100 % is ~20 % over that span; a sustained 1 % burn is 1 %)."""
+    q, f = series.at(until), series.at(fired_at - gate)
+    total = q[TOTAL] - f[TOTAL]
+    bad = total - (q[GOOD] - f[GOOD])
+    if total <= _EPS or bad <= _EPS:
+        return None
+    return bad / total
+
+
 def _fault_is_over(series: CumulativeSeries, end: float, end_vals: Values, fired_at: float, gate: float,
                    limit: float) -> bool:
     """Whether the errors that fired a rule have stopped, by the run of good events since the last bad one.
 
-    The fault's rate ``p`` is what the incident showed: bad / total from ``gate`` before the rule fired up
-    to the last bad event (a 59 s outage at 100 % is ~20 % over that span; a sustained 1 % burn is 1 %).
-    It is over once ``(1 - p)^n <= QUIET_EVIDENCE`` for the ``n`` good events since: 31 events after a
-    20 % fault, 687 after a 1 % one (a fixed hold either resolves the first late or flaps on the second:
-    at 2 s probes a 1 % fault leaves the 5 m window empty one time in five). Or once ``limit`` (the rule's
-    short window) holds no bad event at all: low traffic or no data cannot keep a page open forever.
-    Minute resolution: the minute holding the last bad event does not count as quiet."""
+    The fault's rate ``p`` is what the incident showed (``_fault_rate``, up to the last bad event). It is
+    over once ``(1 - p)^n <= QUIET_EVIDENCE`` for the ``n`` good events since: 31 events after a 20 % fault,
+    687 after a 1 % one (a fixed hold either resolves the first late or flaps on the second: at 2 s probes a
+    1 % fault leaves the 5 m window empty one time in five). Or once ``limit`` (the rule's short window)
+    holds no bad event at all: low traffic or no data cannot keep a page open forever. Minute resolution:
+    the minute holding the last bad event does not count as quiet."""
     bad_end = end_vals[TOTAL] - end_vals[GOOD]
     w = series.at(end - limit)
     if bad_end - (w[TOTAL] - w[GOOD]) < 0.5:  # the short window (its oldest minute pro rata) is clean
@@ -229,15 +245,11 @@ def _fault_is_over(series: CumulativeSeries, end: float, end_vals: Values, fired
             break
         quiet_from = t
         t -= 60.0
-    q = series.at(quiet_from)
-    quiet = end_vals[TOTAL] - q[TOTAL]
-    f = series.at(fired_at - gate)
-    total = q[TOTAL] - f[TOTAL]
-    bad = total - (q[GOOD] - f[GOOD])
-    if total <= _EPS or bad <= _EPS:
+    p = _fault_rate(series, fired_at, gate, quiet_from)
+    if p is None:
         return False
-    p = min(bad / total, 1.0 - 1e-12)
-    return quiet * -math.log1p(-p) >= -math.log(QUIET_EVIDENCE)
+    quiet = end_vals[TOTAL] - series.at(quiet_from)[TOTAL]
+    return quiet >= _quiet_needed_events(p)
 
 
 def _sub(a: Values, b: Values) -> Values:
@@ -649,17 +661,26 @@ class SloEngine:
                 gate_ok = gate.counts
                 fire, clear = rule_conditions(long, short, a.burn_rate, gate)
             state = rule.state
-            if state.firing and clear and not _fault_is_over(
-                series, end, end_vals, state.since if state.since is not None else end, rule.gate,
-                a.short_window,
-            ):
-                clear = False
+            fault_rate = quiet_needed = None
+            if state.firing:
+                fired_at = state.since if state.since is not None else end
+                if clear and not _fault_is_over(series, end, end_vals, fired_at, rule.gate, a.short_window):
+                    clear = False
+                fault_rate = _fault_rate(series, fired_at, rule.gate, end)
+                quiet_needed = a.short_window
+                gate_stats = stats[rule.gate]
+                if fault_rate is not None and gate_stats.total > _EPS:
+                    per_second = gate_stats.total / gate_stats.seconds
+                    quiet_needed = min(
+                        a.short_window, max(rule.gate, _quiet_needed_events(fault_rate) / per_second)
+                    )
             step_rule(state, fire=fire, clear=clear, now=now, hold=rule.hold)
             rule_statuses.append(
                 RuleStatus(rule.rule_id, a.severity, a.burn_rate, labels[a.long_window],
                            labels[a.short_window], long.burn_rate, short.burn_rate, long_ok, short_ok,
                            state.firing, state.since, state.clear_since, labels[gate.seconds],
-                           gate.burn_rate, gate_ok, rule.hold)
+                           gate.burn_rate, gate_ok, rule.hold,
+                           fault_rate if state.firing else None, quiet_needed if state.firing else None)
             )
 
         for severity, mine in slo.by_severity.items():

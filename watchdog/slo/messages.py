@@ -142,10 +142,10 @@ def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
     """What a rule sees and, when it fires, what resolves it, from the engine's own status.
 
     A firing rule resolves once its fire condition has been false for ``rule.resolve_after`` (the engine's
-    hysteresis). The condition needs the rule's resolve
-    window (the severity's shortest short window) over the rate, and errors leave that window within its
-    length, so with no new errors a rule resolves at the latest one resolve window plus ``resolve_after``
-    from now.
+    hysteresis) and the errors are over: the condition needs the rule's resolve window (the severity's
+    shortest short window) over the rate, and the quiet since the last bad event must be conclusive at the
+    rate the incident showed (``rule.quiet_needed``), so with no new errors a rule resolves at the latest
+    ``quiet_needed`` plus ``resolve_after`` from now.
     """
     resolve_after_s = rule.resolve_after
     unit = _unit(status)
@@ -155,6 +155,18 @@ def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
             f"{rule.rule}: quiet ({rule.long_window} at {burn_rate(rule.long_burn_rate)},"
             f" {rule.short_window} at {burn_rate(rule.short_burn_rate)}; fires above {rate} over both)"
         )
+    if rule.clear_since is None and rule.resolve_counts and rule.resolve_burn_rate <= rule.burn_rate:
+        # The window is back under the rate; the quiet is not yet long enough to be sure.
+        rate_seen = "" if rule.fault_rate is None else f" at the {rule.fault_rate:.2%} the incident failed"
+        text = (
+            f"{rule.rule}: its {rule.resolve_window} window is back under {rate}"
+            f" ({burn_rate(rule.resolve_burn_rate)}); it resolves once the quiet since the last bad one is"
+            f" long enough to be sure the errors stopped{rate_seen}"
+        )
+        bound = _resolve_bound(status, rule)
+        if bound is not None:
+            text += f", at the latest {human_duration(bound)} from now if no new errors come"
+        return text
     if rule.clear_since is None:
         gate = status.windows.get(rule.resolve_window)
         contents = "errors" if gate is None else f"{_count(gate.bad)} bad of {_count(gate.total)} {unit}"
@@ -194,6 +206,8 @@ def _resolve_bound(status: SloStatus, rule: RuleStatus) -> float | None:
     """Seconds until a firing rule resolves at the latest, if no new errors come (None: unknown)."""
     if rule.clear_since is not None:
         return max(0.0, rule.resolve_after - (status.evaluated_at - rule.clear_since))
+    if rule.quiet_needed is not None:
+        return rule.quiet_needed + rule.resolve_after
     gate = status.windows.get(rule.resolve_window)
     return None if gate is None else gate.seconds + rule.resolve_after
 

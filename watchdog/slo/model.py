@@ -81,6 +81,13 @@ class RuleStatus:
     resolve_counts: bool
     resolve_after: float
     """The hysteresis hold in seconds."""
+    fault_rate: float | None = None
+    """While firing: the error ratio the incident showed (bad / total from the resolve window before it
+    fired to the last bad event); None when nothing was bad or the rule is quiet."""
+    quiet_needed: float | None = None
+    """While firing: seconds without a bad event after which the fault is over at the current traffic
+    (good events in a row conclusive at ``fault_rate``; at most the rule's short window, at least the
+    resolve window)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +106,8 @@ class RuleStatus:
             "resolve_window": self.resolve_window,
             "resolve_burn_rate": self.resolve_burn_rate,
             "resolve_counts": self.resolve_counts,
+            "fault_rate": self.fault_rate,
+            "quiet_needed": self.quiet_needed,
             "resolve_after": self.resolve_after,
         }
 
