@@ -320,6 +320,31 @@ inhibit:
     assert all(p.key != target for p in rig.slack.sent if p.event != "note"), rig.slack.sent
 
 
+async def test_an_alert_first_firing_after_its_source_resolved_waits_out_the_grace(
+    tmp_path: Path,
+) -> None:
+    """The database alert resolves; the content alert it explains only crosses its rate a minute later (its
+    windows lag): muted from the start, it pages only if it still fires when the grace is over."""
+    extra = """
+inhibit:
+  - {name: db-explains, source: db-down, targets: [api-errors], reason: the database is down, grace: 5m}
+"""
+    rig = await _rig(_write_config(tmp_path / "c", extra), MemoryStore())
+    source = await rig.fire("db-down")
+    rig.clock.set(START + 2 * MIN)
+    await rig.manager.clear(source, "back")
+    rig.clock.set(START + 3 * MIN)
+    target = await rig.fire("api-errors")
+    muted = await rig.manager.get(target)
+    assert muted is not None and muted.data["muted_by"]["name"] == "db-down"
+    await rig.at(6)
+    assert [p.key for p in rig.slack.sent if p.event == "fired"] == [source]
+    await rig.at(8)  # 5 min after db-down resolved, still firing: its own fault
+    fired = [p for p in rig.slack.sent if p.event == "fired"]
+    assert [p.key for p in fired] == [source, target]
+    assert fired[-1].note == "still firing 5m after db-down resolved"
+
+
 async def test_maintenance_window_mutes_and_is_announced(tmp_path: Path) -> None:
     start = datetime.fromtimestamp(START, UTC) + timedelta(minutes=10)
     end = start + timedelta(hours=1)

@@ -166,6 +166,8 @@ class IncidentManager:
         # inhibited alert → the alerts that explain it (with the rule's reason)
         self._inhibitors: dict[str, list[tuple[str, str]]] = {}
         self._inhibit_grace: dict[tuple[str, str], float] = {}
+        self._source_resolved_at: dict[str, float] = {}
+        """Inhibiting alerts → when this manager last resolved one (``_recently_inhibited``)."""
         """(target, source) → how long the target stays muted after the source resolves."""
         for rule in config.inhibit:
             for target in rule.targets:
@@ -336,7 +338,7 @@ class IncidentManager:
 
     async def _open(self, spec: AlertSpec, current: Incident | None, now: float) -> Transition | None:
         policy = self._policies.get(spec.policy)
-        mute = await self._mute(spec.alert, spec.labels, now)
+        mute, inhibit_ended_at = await self._mute(spec.alert, spec.labels, now)
         version = 1 if current is None else current.version + 1
         resolved_at = float(current.data.get("resolved_at") or 0) if current is not None else 0.0
         flap_window = policy.flap_window if policy is not None else 0.0
@@ -352,6 +354,8 @@ class IncidentManager:
             "budget_left": spec.budget_left,
             "group": spec.group,
             "muted_by": mute.to_dict() if mute else None,
+            # Muted by a source that has already resolved: its grace runs from then.
+            "inhibit_ended_at": inhibit_ended_at,
             "acked_by": "",
             "acked_at": None,
             "ack_expires_at": None,
@@ -415,6 +419,9 @@ class IncidentManager:
             outbox = self._notes(key, current.version + 1, data, RESOLVED, "resolved", note, actor=actor)
             moved = await self._cas(current, RESOLVED, data, now, outbox, "resolved")
             if moved is not None:
+                alert = str(current.data.get("alert", ""))
+                if any(alert == src for sources in self._inhibitors.values() for src, _ in sources):
+                    self._source_resolved_at[alert] = now
                 return moved
         return None
 
@@ -664,17 +671,33 @@ class IncidentManager:
         }
 
     # -- muting --------------------------------------------------------------------------------------
-    async def _mute(self, alert: str, labels: Mapping[str, str], now: float) -> Mute | None:
+    async def _mute(
+        self, alert: str, labels: Mapping[str, str], now: float
+    ) -> tuple[Mute | None, float | None]:
+        """What mutes a firing alert now, and when its inhibiting source resolved if it already has."""
         silences = [s for s in await self.silences.all() if s.active(now)]
         mute = mute_for(identity(alert, labels), silences, self._config.maintenance, now)
         if mute is not None or alert not in self._inhibitors:
-            return mute
+            return mute, None
         open_alerts = {
             str(i.data.get("alert"))
             for i in await self._store.list_incidents(list(OPEN_STATES))
             if _can_inhibit(i)
         }
-        return self._inhibited(alert, open_alerts)
+        mute = self._inhibited(alert, open_alerts)
+        if mute is not None:
+            return mute, None
+        return self._recently_inhibited(alert, now)
+
+    def _recently_inhibited(self, alert: str, now: float) -> tuple[Mute | None, float | None]:
+        """A source of this alert that resolved less than its grace ago: an alert first firing now is most
+        likely still its errors leaving the windows (``InhibitRule.grace``). Known to the manager that
+        resolved it (the leader); a new leader knows only what it resolves itself."""
+        for source, reason in self._inhibitors.get(alert, []):
+            at = self._source_resolved_at.get(source)
+            if at is not None and source != alert and now - at < self._inhibit_grace.get((alert, source), 0):
+                return Mute("inhibited", source, reason), at
+        return None, None
 
     def _inhibited(self, alert: str, open_alerts: set[str]) -> Mute | None:
         for source, reason in self._inhibitors.get(alert, []):
