@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -11,6 +13,7 @@ from watchdog.config import ConfigError, WatchdogConfig, load_config
 from watchdog.config.types import parse_listen_address
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 config_option = click.option(
     "--config",
@@ -48,3 +51,20 @@ def load_or_exit(config_dir: Path) -> WatchdogConfig:
             click.echo(str(problem), err=True)
         click.echo(f"{len(exc.problems)} problem(s) in {config_dir}; nothing started.", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+# The options and helpers of the verbs that act on the state store (flag, traffic).
+store_option = click.option(
+    "--store", "state_spec", metavar="STORE", help="SQLite file or postgresql:// DSN of the state store."
+)
+as_option = click.option("--as", "as_name", metavar="NAME", help="Who is acting (default: $USER).")
+
+
+def fail(message: str) -> NoReturn:
+    """``error: message`` on stderr, exit 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

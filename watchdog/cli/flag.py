@@ -10,14 +10,21 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from watchdog.canary.guard import CanaryGuard, Decision, audit_trail
-from watchdog.cli._common import config_option, load_or_exit
+from watchdog.cli._common import (
+    EXIT_FAILED,
+    as_option,
+    config_option,
+    fail,
+    iso,
+    load_or_exit,
+    store_option,
+)
 from watchdog.config import WatchdogConfig
 from watchdog.core.clock import SystemClock
 from watchdog.flags.base import FlagError
@@ -26,24 +33,10 @@ from watchdog.runtime.wiring import build_guards, open_configured_store
 from watchdog.store import StoreUnavailable
 
 T = TypeVar("T")
-EXIT_FAILED = 1
 
-store_option = click.option(
-    "--store", "state_spec", metavar="STORE", help="SQLite file or postgresql:// DSN of the state store."
-)
 rollout_option = click.option(
     "--rollout", "rollout_name", metavar="NAME", help="Which rollout (default: the only one configured)."
 )
-as_option = click.option("--as", "as_name", metavar="NAME", help="Who is acting (default: $USER).")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_FAILED)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _with_guard(
@@ -54,7 +47,7 @@ def _with_guard(
 ) -> T:
     config: WatchdogConfig = load_or_exit(config_dir)
     if not config.rollouts:
-        _fail(f"no rollouts in {config_dir}/alerts/*.yaml (rollouts: [...])")
+        fail(f"no rollouts in {config_dir}/alerts/*.yaml (rollouts: [...])")
     names = [r.name for r in config.rollouts]
     if rollout_name is None and len(names) > 1:
         raise click.UsageError(f"several rollouts ({', '.join(names)}): say which with --rollout")
@@ -79,9 +72,9 @@ def _with_guard(
     try:
         return asyncio.run(run())
     except StoreUnavailable as exc:
-        _fail(f"state store unavailable: {exc}")
+        fail(f"state store unavailable: {exc}")
     except FlagError as exc:
-        _fail(f"flag backend: {exc}")
+        fail(f"flag backend: {exc}")
 
 
 def _actor(as_name: str | None) -> str:
@@ -145,7 +138,7 @@ def status(config_dir: Path, state_spec: str | None, rollout_name: str | None, a
         return
     click.echo(f"rollout {result['rollout']}  flag {result['backend']}: {result['db_percent']:g} % database")
     click.echo(
-        f"  last set by {result['updated_by'] or '?'} at {_iso(result['updated_at'])}: {result['reason']}"
+        f"  last set by {result['updated_by'] or '?'} at {iso(result['updated_at'])}: {result['reason']}"
     )
     click.echo(
         f"  guard: {result['guard_state']}"
@@ -155,7 +148,7 @@ def status(config_dir: Path, state_spec: str | None, rollout_name: str | None, a
         click.echo("audit trail:")
         for a in result["audit"]:
             click.echo(
-                f"  {_iso(a['at'])}  {a['action']:9} {a['from_percent']} → {a['to_percent']} %  "
+                f"  {iso(a['at'])}  {a['action']:9} {a['from_percent']} → {a['to_percent']} %  "
                 f"by {a['actor']}: "
                 f"{a['reason']}"
             )

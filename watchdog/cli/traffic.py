@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -24,7 +22,14 @@ from watchdog.canary.cloud_run import (
     describe_split,
     traffic_audit,
 )
-from watchdog.cli._common import config_option, load_or_exit
+from watchdog.cli._common import (
+    as_option,
+    config_option,
+    fail,
+    iso,
+    load_or_exit,
+    store_option,
+)
 from watchdog.config import WatchdogConfig
 from watchdog.core.clock import SystemClock
 from watchdog.incidents.manager import IncidentManager
@@ -32,27 +37,13 @@ from watchdog.runtime.wiring import open_configured_store
 from watchdog.store import StoreUnavailable
 
 T = TypeVar("T")
-EXIT_FAILED = 1
 
-store_option = click.option(
-    "--store", "state_spec", metavar="STORE", help="SQLite file or postgresql:// DSN of the state store."
-)
 rollout_option = click.option(
     "--rollout",
     "rollout_name",
     metavar="NAME",
     help="Which rollout (default: the only one with cloud_run configured).",
 )
-as_option = click.option("--as", "as_name", metavar="NAME", help="Who is acting (default: $USER).")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_FAILED)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _with_traffic(
@@ -64,7 +55,7 @@ def _with_traffic(
     config: WatchdogConfig = load_or_exit(config_dir)
     names = [r.name for r in config.rollouts if r.cloud_run is not None]
     if not names:
-        _fail(f"no rollout in {config_dir}/alerts/*.yaml has cloud_run: {{...}}")
+        fail(f"no rollout in {config_dir}/alerts/*.yaml has cloud_run: {{...}}")
     if rollout_name is None and len(names) > 1:
         raise click.UsageError(
             f"several rollouts with cloud_run ({', '.join(names)}): say which with --rollout"
@@ -102,9 +93,9 @@ def _with_traffic(
     try:
         return asyncio.run(run())
     except StoreUnavailable as exc:
-        _fail(f"state store unavailable: {exc}")
+        fail(f"state store unavailable: {exc}")
     except TrafficError as exc:
-        _fail(f"Cloud Run: {exc}")
+        fail(f"Cloud Run: {exc}")
 
 
 def _actor(as_name: str | None) -> str:
@@ -177,7 +168,7 @@ def status(config_dir: Path, state_spec: str | None, rollout_name: str | None, a
         click.echo("audit trail:")
         for a in result["audit"]:
             click.echo(
-                f"  {_iso(a['at'])}  {a['action']:8} {a['from']} → {a['to']}  by {a['actor']}: {a['reason']}"
+                f"  {iso(a['at'])}  {a['action']:8} {a['from']} → {a['to']}  by {a['actor']}: {a['reason']}"
             )
 
 

@@ -163,10 +163,7 @@ def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
             f" ({burn_rate(rule.resolve_burn_rate)}); it resolves once the quiet since the last bad one is"
             f" long enough to be sure the errors stopped{rate_seen}"
         )
-        bound = _resolve_bound(status, rule)
-        if bound is not None:
-            text += f", at the latest {human_duration(bound)} from now if no new errors come"
-        return text
+        return text + _latest(status, rule)
     if rule.clear_since is None:
         gate = status.windows.get(rule.resolve_window)
         contents = "errors" if gate is None else f"{_count(gate.bad)} bad of {_count(gate.total)} {unit}"
@@ -176,10 +173,7 @@ def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
             f" (burn {burn_rate(rule.resolve_burn_rate)}, over {rate}); it resolves once that window has"
             f" stayed under {rate}{hold}"
         )
-        bound = _resolve_bound(status, rule)
-        if bound is not None:
-            text += f", at the latest {human_duration(bound)} from now if no new errors come"
-        return text
+        return text + _latest(status, rule)
     # Clearing: the condition is false (a window under the rate, or too quiet to count) since clear_since.
     if not rule.resolve_counts:
         why = f"its {rule.resolve_window} window has too few {unit} to count"
@@ -200,6 +194,11 @@ def explain_rule(status: SloStatus, rule: RuleStatus) -> str:
         f"{rule.rule}: resolving, {why}; it resolves in {human_duration(bound)} if that holds"
         f" ({format_duration(resolve_after_s)} in a row)"
     )
+
+
+def _latest(status: SloStatus, rule: RuleStatus) -> str:
+    bound = _resolve_bound(status, rule)
+    return "" if bound is None else f", at the latest {human_duration(bound)} from now if no new errors come"
 
 
 def _resolve_bound(status: SloStatus, rule: RuleStatus) -> float | None:
