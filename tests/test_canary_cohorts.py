@@ -157,8 +157,8 @@ async def _guard(
 def test_a_cohort_is_a_probe_or_prometheus_never_both_nor_neither() -> None:
     both = {"probe": "content-db", **_cohort("db")}
     for canary, message in (
-        (both, "exactly one of probe or prometheus"),
-        ({"match": {"cohort": "db"}}, "exactly one of probe or prometheus"),
+        (both, "exactly one of probe, prometheus or cloud_run"),
+        ({"match": {"cohort": "db"}}, "exactly one of probe, prometheus or cloud_run"),
         ({**_cohort("db"), "match": {"cohort": "db"}}, "match selects a probe's series"),
     ):
         with pytest.raises(ValidationError, match=message):

@@ -68,6 +68,12 @@ class Counts:
     failed: int = 0
     slow: int = 0
     last_at: float | None = None
+    as_of: float | None = None
+    """Where the cohort's data should be complete (guard clock): silence (``no_data_after``) is measured up
+    to here. None: now (probes, Prometheus); a Cloud Run cohort: the newest minute Cloud Monitoring should
+    have complete (~3.5 min ago), so its ingestion delay is not silence."""
+    source: str = ""
+    """Where the counts come from, when that belongs in the evidence (a Cloud Run revision, up to when)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +241,17 @@ class CanaryGuard:
             if self.rollout.baseline is not None
             else None
         )
+        horizon = canary.as_of if canary.as_of is not None else now
         if canary.events < self.rollout.min_samples:
             quiet_since = canary.last_at if canary.last_at is not None else since
-            if now - quiet_since >= self.rollout.no_data_after:
+            if horizon - quiet_since >= self.rollout.no_data_after:
                 reason = (
                     f"no data: {canary.events} canary results since {_iso(since)}; holding (not promoting) "
-                    "until the canary probe reports"
+                    + (
+                        f"until the canary has traffic ({canary.source})"
+                        if canary.source
+                        else "until the canary probe reports"
+                    )
                 )
                 return Decision("hold", reason, percent, canary=canary, baseline=baseline)
             return Decision("continue", f"{canary.events} canary results so far", percent, canary=canary)
@@ -257,9 +268,7 @@ class CanaryGuard:
                 errors_p0 = relative
                 baseline_note = f" (the baseline fails {baseline_rate:.3%} itself)"
         windows = self._windows(since, now, canary)
-        errors = _strongest(
-            (rate_above(c.events, c.failed, errors_p0, a), w) for w, c, a in windows
-        )
+        errors = _strongest((rate_above(c.events, c.failed, errors_p0, a), w) for w, c, a in windows)
         evidence = [errors[0].describe(f"canary errors{errors[1]}") + baseline_note]
         latency: RateEvidence | None = None
         if limits.latency is not None:
@@ -268,11 +277,13 @@ class CanaryGuard:
             evidence.append(
                 latency.describe(f"canary results over {limits.latency.threshold * 1000:g} ms{where}")
             )
+        if canary.source:
+            evidence.append(f"canary counted from {canary.source}")
         if errors[0].conclusive or (latency is not None and latency.conclusive):
             what = "errors" if errors[0].conclusive else "latency"
             return await self._start_rollback(record, percent, what, evidence, canary, baseline)
         last = canary.last_at if canary.last_at is not None else since
-        if now - last >= self.rollout.no_data_after:
+        if horizon - last >= self.rollout.no_data_after:
             # What was counted still stands against the canary, but silence is not health: no promotion.
             reason = (
                 f"no new canary results since {_iso(last)}; holding (not promoting) on {canary.events} "

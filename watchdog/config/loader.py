@@ -765,6 +765,18 @@ def _load_config(
                             )
                         )
                 gcp = settings.google_cloud
+                for role, cohort in (("canary", rollout.canary), ("baseline", rollout.baseline)):
+                    run = cohort.cloud_run if cohort is not None else None
+                    if run is not None and not (run.service or (gcp and gcp.cloud_run_service)):
+                        problems.append(
+                            ConfigProblem(
+                                doc.rel,
+                                doc.lines.get(("rollouts", i, role), 0),
+                                f"rollouts[{i}].{role}.cloud_run.service",
+                                "no Cloud Run service: set it here or google_cloud.cloud_run_service "
+                                "in watchdog.yaml",
+                            )
+                        )
                 if rollout.cloud_run and not (rollout.cloud_run.service or (gcp and gcp.cloud_run_service)):
                     problems.append(
                         ConfigProblem(

@@ -1,7 +1,8 @@
 """Rollouts (``rollouts:`` in ``alerts/*.yaml``): a canary the watchdog guards and rolls back by itself.
 
 A rollout names the flag and where it lives, the canary cohort (the probe, and labels, pinned to the
-database path, or the service's own request counters of that path in Prometheus) and optionally the
+database path, the service's own request counters of that path in Prometheus, or one Cloud Run revision's
+real traffic from Cloud Monitoring) and optionally the
 baseline cohort (pinned to YAML, likewise), the limits (absolute, and relative to
 the baseline), the sequential test's ``alpha`` and minimum sample, what to do without data (hold, never
 pass), the escalation policy its pages use and, optionally, staged promotion.
@@ -98,20 +99,57 @@ class PrometheusCohort(Strict):
         return self
 
 
+_RUN_SERVICE = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/services/[^/\s]+$")
+_RUN_REVISION = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class CloudRunCohort(Strict):
+    """A cohort read from Cloud Run's own request metrics of one revision in Cloud Monitoring
+    (``run.googleapis.com/request_count`` by response code class, ``request_latencies`` for the latency
+    limit): the revision's real traffic, minute by minute, from the first whole minute of the stage to the
+    newest complete one (Cloud Monitoring's data is complete about 3.5 min after a minute ends, so the
+    counts run that far behind; ``watchdog.canary.cohorts``)."""
+
+    service: str = ""
+    """``projects/P/locations/R/services/S``; empty: ``google_cloud.cloud_run_service`` of watchdog.yaml."""
+    revision: str
+    """The revision's name, e.g. ``ai-square-00042-def`` (``gcloud run revisions list``)."""
+    timeout: PositiveDuration = 10.0
+    """One read's bound (retries of UNAVAILABLE included); a read that fails adds nothing."""
+
+    @model_validator(mode="after")
+    def _names(self) -> CloudRunCohort:
+        if self.service and not _RUN_SERVICE.match(self.service):
+            raise ValueError(
+                f"service must be projects/PROJECT/locations/REGION/services/NAME, got {self.service!r}"
+            )
+        if not _RUN_REVISION.match(self.revision):
+            raise ValueError(
+                f"revision {self.revision!r} is not a Cloud Run revision name (lower-case letters, digits "
+                "and hyphens, e.g. ai-square-00042-def)"
+            )
+        return self
+
+
 class Cohort(Strict):
-    """One cohort: the results of one probe (optionally only its series with these labels), or the
-    service's own per-cohort request counters in Prometheus (``prometheus:``); exactly one of the two."""
+    """One cohort: the results of one probe (optionally only its series with these labels), the service's
+    own per-cohort request counters in Prometheus (``prometheus:``), or one Cloud Run revision's traffic
+    from Cloud Monitoring (``cloud_run:``); exactly one of the three."""
 
     probe: Name | None = None
     match: dict[str, str] = Field(default_factory=dict)
     prometheus: PrometheusCohort | None = None
+    cloud_run: CloudRunCohort | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Cohort:
-        if (self.probe is None) == (self.prometheus is None):
-            raise ValueError("a cohort needs exactly one of probe or prometheus")
+        given = [self.probe is not None, self.prometheus is not None, self.cloud_run is not None]
+        if sum(given) != 1:
+            raise ValueError("a cohort needs exactly one of probe, prometheus or cloud_run")
         if self.prometheus is not None and self.match:
             raise ValueError("match selects a probe's series; a prometheus cohort selects in its PromQL")
+        if self.cloud_run is not None and self.match:
+            raise ValueError("match selects a probe's series; a cloud_run cohort is one revision's traffic")
         return self
 
 
@@ -149,9 +187,6 @@ class Promotion(Strict):
         if any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(set(self.steps)):
             raise ValueError("steps must be percentages in (0, 100], ascending, each once")
         return self
-
-
-_RUN_SERVICE = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/services/[^/\s]+$")
 
 
 class CloudRunRollback(Strict):
@@ -194,7 +229,10 @@ class Rollout(Strict):
     min_samples: int = Field(default=3, ge=1)
     """No decision on fewer canary results than this."""
     no_data_after: PositiveDuration = 120.0
-    """No canary result for this long: hold (no promotion) and say so; never read as healthy."""
+    """No canary result for this long: hold (no promotion) and say so; never read as healthy. For a
+    ``cloud_run`` cohort, silence is measured up to the newest minute whose data should be complete (not up
+    to now: Cloud Monitoring runs ~3.5 min behind), and its data comes a minute at a time, so at least
+    ``1m``."""
     check_every: PositiveDuration = 1.0
     escalation: Name = "default"
     group: Name | None = "database"
@@ -206,6 +244,14 @@ class Rollout(Strict):
     """Results in the first ``grace`` seconds of a stage are not counted (a cold cache right after a flip)."""
     cloud_run: CloudRunRollback | None = None
     """Cloud Run traffic back to the previous revision when the flag rollback was not enough (see there)."""
+
+    @model_validator(mode="after")
+    def _cloud_run_minutes(self) -> Rollout:
+        if self.canary.cloud_run is not None and self.no_data_after < 60:
+            raise ValueError(
+                "a cloud_run canary's data comes a minute at a time: no_data_after must be at least 1m"
+            )
+        return self
 
     @model_validator(mode="after")
     def _latency_needs_slow(self) -> Rollout:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from watchdog.canary import cohorts
 from watchdog.canary.guard import CanaryGuard
 from watchdog.config.loader import WatchdogConfig
 from watchdog.core.clock import Clock, SystemClock
@@ -115,7 +116,7 @@ def build_guards(
 
     gcp = config.settings.google_cloud
     service, endpoints = (gcp.cloud_run_service, gcp.endpoints) if gcp is not None else ("", {})
-    return [
+    guards = [
         CanaryGuard(
             rollout,
             build_flag_backend(rollout.flag, env, clock),
@@ -126,6 +127,11 @@ def build_guards(
         )
         for rollout in config.rollouts
     ]
+    for guard in guards:
+        if cohorts.uses_cloud_run(guard.rollout):
+            # Its Cloud Run cohorts read Cloud Monitoring with google_cloud's project and endpoint.
+            cohorts.use(guard, cohorts.cloud_run_reader(gcp))
+    return guards
 
 
 def deployment_warnings(config: WatchdogConfig, env: Mapping[str, str]) -> list[str]:

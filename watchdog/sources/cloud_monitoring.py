@@ -84,6 +84,11 @@ _GRACE_S = 0.25
 _T = TypeVar("_T")
 
 
+def complete_until(now: float, complete_after_s: float = COMPLETE_AFTER_S) -> float:
+    """The end of the newest minute whose data is complete at ``now`` (epoch seconds, a minute boundary)."""
+    return math.floor((now - complete_after_s) / SAMPLE_PERIOD_S) * SAMPLE_PERIOD_S
+
+
 @dataclass(frozen=True, slots=True)
 class MonitoringQuery:
     """One ``ListTimeSeries`` call: a filter, an optional aggregation and how to place its time window."""
@@ -98,13 +103,17 @@ class MonitoringQuery:
     lookback_s: float = DEFAULT_LOOKBACK_S
     complete_after_s: float = COMPLETE_AFTER_S
     scale: float = 1.0
+    until: float | None = None
+    """An aligned query's fixed end (epoch seconds, on a minute boundary) instead of the last complete
+    boundary before now: a caller that has placed its window itself (the canary's Cloud Run cohorts). Not
+    part of the text form."""
 
     def window(self, now: float) -> tuple[float, float]:
         """(start, end) epoch seconds: raw reads end now, aligned ones on the last complete boundary."""
         if not self.aligner:
             return now - self.lookback_s, now
         # On a minute boundary (Cloud SQL and Cloud Run sample per minute): its periods hold whole minutes.
-        end = math.floor((now - self.complete_after_s) / SAMPLE_PERIOD_S) * SAMPLE_PERIOD_S
+        end = complete_until(now, self.complete_after_s) if self.until is None else self.until
         return end - max(self.lookback_s, self.period_s), end
 
     def render(self) -> str:
@@ -760,6 +769,73 @@ async def cloud_run_latencies(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class RevisionMinute:
+    """One minute of one revision's traffic, ``[end - 60, end)``: its requests, their 5xx and (when asked
+    for a threshold) the requests slower than it (from the latency distribution's buckets: exact when the
+    threshold is a bucket bound, else interpolated inside its bucket)."""
+
+    end: float
+    requests: int
+    errors_5xx: int
+    slow: float = 0.0
+
+
+def revision_filter(metric: str, service: str, revision: str) -> str:
+    """The filter for one Cloud Run metric of one revision of ``service``."""
+    return f'{cloud_run_filter(metric, service)} AND resource.labels.revision_name="{revision}"'
+
+
+async def cloud_run_revision_minutes(
+    source: CloudMonitoringMetricSource,
+    service: str,
+    revision: str,
+    start: float,
+    end: float,
+    *,
+    threshold_ms: float | None = None,
+    timeout_s: float = 10.0,
+) -> list[RevisionMinute]:
+    """One revision's traffic minute by minute over ``[start, end)`` (both minute boundaries, placed by the
+    caller where the data is complete: ``complete_until``), oldest first; a minute without requests is
+    absent. ``request_count`` aligned with ALIGN_DELTA per minute and summed by response code class; with
+    ``threshold_ms``, also ``request_latencies`` merged per minute (a second call: both or neither)."""
+    if start % SAMPLE_PERIOD_S or end % SAMPLE_PERIOD_S or end <= start:
+        raise MetricSourceError("a revision's minutes need whole-minute bounds, start before end")
+    counts = MonitoringQuery(
+        revision_filter("request_count", service, revision),
+        "ALIGN_DELTA",
+        reducer="REDUCE_SUM",
+        group_by=("metric.label.response_code_class",),
+        lookback_s=end - start,
+        until=end,
+    )
+    minutes: dict[float, list[float]] = {}
+    for s in await source.series(counts, timeout_s=timeout_s):
+        is_5xx = s.labels.get("response_code_class") == "5xx"
+        for p in s.points:
+            if isinstance(p.value, Distribution) or not start < p.end <= end:
+                continue
+            entry = minutes.setdefault(p.end, [0.0, 0.0, 0.0])
+            entry[0] += p.value
+            if is_5xx:
+                entry[1] += p.value
+    if threshold_ms is not None:
+        latencies = replace(
+            counts, filter=revision_filter("request_latencies", service, revision), group_by=()
+        )
+        for s in await source.series(latencies, timeout_s=timeout_s):
+            for p in s.points:
+                if not isinstance(p.value, Distribution):
+                    raise MetricSourceError("request_latencies answered a number, not a distribution")
+                if start < p.end <= end:
+                    slow = p.value.count - p.value.count_at_or_under(threshold_ms)
+                    minutes.setdefault(p.end, [0.0, 0.0, 0.0])[2] += max(0.0, slow)
+    return [
+        RevisionMinute(at, round(n), round(e), slow) for at, (n, e, slow) in sorted(minutes.items()) if n > 0
+    ]
+
+
 def newest(samples: Sequence[Sample]) -> float | None:
     """The newest timestamp among ``samples`` (None when none has one)."""
     stamps = [s.timestamp for s in samples if s.timestamp is not None]
@@ -778,10 +854,13 @@ __all__ = [
     "Point",
     "RevisionCounts",
     "RevisionLatency",
+    "RevisionMinute",
     "Series",
     "cloud_run_latencies",
     "cloud_run_request_counts",
+    "cloud_run_revision_minutes",
     "cloud_sql_queries",
+    "complete_until",
     "describe_error",
     "open_monitoring_client",
     "parse_query",
