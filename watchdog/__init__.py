@@ -1,5 +1,5 @@
-"""sre-watchdog: synthetic probes, database checks, SLOs and incident pages for one service (Slack
-escalation and automatic flag rollback are planned; see README "What works today").
+"""sre-watchdog: synthetic probes, database checks, SLOs, incident pages escalated in Slack and a canary
+guard that rolls the flag back by itself, for one service (see README "What works today").
 
 The PyPI package ``watchdog`` (filesystem events) installs a top-level module of the same name. Both
 cannot live in one environment, so we refuse to import when that distribution is present instead of

@@ -57,10 +57,9 @@ def main() -> None:
     Secret Manager references (sm://...). On Cloud Run the log is Cloud Logging's JSON shape (log_format),
     and google_cloud.error_reporting sends the watchdog's own errors to Error Reporting.
 
-    Cloud SQL's CPU and memory can come from Cloud Monitoring, and google_cloud.export_metrics writes the
-    watchdog's own results there as custom metrics.
-
-    Planned, not in this version: Google Cloud: canary cohorts from Cloud Run's traffic per revision.
+    Cloud SQL's CPU and memory can come from Cloud Monitoring, a canary cohort can be a Cloud Run
+    revision's real traffic from there, and google_cloud.export_metrics writes the watchdog's own results
+    there as custom metrics.
 
     \b
     Start here:
