@@ -83,13 +83,14 @@ async def _users(client: httpx.AsyncClient, traffic: Traffic, phase: list[str], 
     n = 0
     while not stop.is_set():
         n += 1
+        started_in = phase[0]  # a request belongs to the phase it was sent in
         try:
             r = await client.get(
                 "/api/pbl/scenarios", params={"lang": "en"}, headers={"X-Request-Id": f"user-{n % 500}"}
             )
-            traffic.add(phase[0], r.status_code < 500, r.headers.get("X-Data-Source"))
+            traffic.add(started_in, r.status_code < 500, r.headers.get("X-Data-Source"))
         except httpx.HTTPError:
-            traffic.add(phase[0], False, None)
+            traffic.add(started_in, False, None)
         await asyncio.sleep(0.04)
 
 
@@ -124,6 +125,8 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
     traffic, phase_name = Traffic.new(), ["before the fault"]
     onset: float | None = None
     flipped: float | None = None
+    reloads_at_onset = 0
+    obeyed = False
     users_stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
         users = asyncio.create_task(_users(client, traffic, phase_name, users_stop))
@@ -133,11 +136,21 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
                 await asyncio.sleep(min(0.1, max(0.0, at - loop.time())))
                 if onset is not None and flipped is None and (await flag.get()).db_percent == 0.0:
                     flipped = loop.time()
-                    phase_name[0] = "after the flip"
                     console.print(
                         f"[cyan]t={flipped - started:5.1f}s[/] [bold green]the watchdog flipped the flag to "
                         "YAML (0 % database), verified by reading it back[/]"
                     )
+                if flipped is not None and not obeyed:
+                    # The service's flagd provider polls the file (every 0.5 s): its requests follow the
+                    # new flag once it has reloaded, and "after the flip" counts from then.
+                    reloads = int((await client.get("/_flag")).json().get("reloads", 0))
+                    if reloads > reloads_at_onset:
+                        obeyed = True
+                        phase_name[0] = "after the flip"
+                        console.print(
+                            f"[cyan]t={loop.time() - started:5.1f}s[/] the service reads the new flag "
+                            f"({loop.time() - flipped:.1f} s after the flip)"
+                        )
             if daemon_task.done():
                 break  # the daemon stopped early (signal or error); report what we have
             # Faults merge on POST; each phase starts from a clean slate.
@@ -145,6 +158,7 @@ async def _run_demo(duration_s: float, workdir: Path, listen: str, console: Cons
             if phase.faults:
                 (await client.post("/_faults", json=phase.faults)).raise_for_status()
             if phase.faults.get("db_error_rate") and onset is None:
+                reloads_at_onset = int((await client.get("/_flag")).json().get("reloads", 0))
                 onset = loop.time()
                 phase_name[0] = "the fault, before the flip"
             console.print(f"[cyan]t={loop.time() - started:5.1f}s[/] {phase.note}")
