@@ -32,7 +32,7 @@ from watchdog.config.alerts import (
     ProbeAlert,
     SloAlert,
 )
-from watchdog.config.probes import ProbeConfig
+from watchdog.config.probes import CloudRunTrafficProbeConfig, ProbeConfig
 from watchdog.config.rollouts import Rollout
 from watchdog.config.secrets import SecretResolver, resolve_in
 from watchdog.config.settings import Settings
@@ -691,6 +691,19 @@ def _load_config(
         for i, probe in items.valid["probes"]:
             if register("probe", probe.name, doc, ("probes", i)):
                 config.probes.append(probe)
+                if isinstance(probe, CloudRunTrafficProbeConfig) and settings_loaded:
+                    gcp = settings.google_cloud
+                    if gcp is None or not (probe.service or gcp.cloud_run_service):
+                        problems.append(
+                            ConfigProblem(
+                                doc.rel,
+                                doc.lines.get(("probes", i), 0),
+                                f"probes[{i}].service",
+                                "a cloud_run_traffic probe needs google_cloud (project) in watchdog.yaml "
+                                "and a Cloud Run service: set service here or "
+                                "google_cloud.cloud_run_service",
+                            )
+                        )
     if (
         len(problems) == before_probes
         and settings_loaded

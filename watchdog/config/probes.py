@@ -303,8 +303,31 @@ class JourneyProbeConfig(ProbeCommon):
         return tuple(v for step in self.steps for v in step.latency_thresholds())
 
 
+class CloudRunTrafficProbeConfig(ProbeCommon):
+    """A Cloud Run service's real traffic per revision, read from Cloud Monitoring
+    (``run.googleapis.com/request_count`` and ``request_latencies``): each run records, per revision and
+    per complete minute not yet recorded, the observations ``cloud_run_requests``, ``cloud_run_5xx`` and
+    (with ``latency_threshold``) ``cloud_run_slow``, labelled ``revision``. A ``counted_ratio`` SLI over
+    them is an availability (or latency) SLO of the revision's real requests."""
+
+    kind: Literal["cloud_run_traffic"]
+    service: str = ""
+    """``projects/P/locations/R/services/S`` (or ``S``); default ``google_cloud.cloud_run_service``."""
+    revision: str = ""
+    """One revision only; empty: every revision serving traffic, one series per ``revision`` label."""
+    latency_threshold: PositiveDuration | None = None
+    """Requests slower than this are counted as ``cloud_run_slow`` (exact at a bucket bound of Cloud
+    Run's latency distribution, else interpolated inside its bucket)."""
+    interval: PositiveDuration | None = 60.0
+    """Cloud Run's metrics are per minute: more often reads nothing new."""
+
+    def latency_thresholds(self) -> tuple[float, ...]:
+        """None: the result's latency is the read's; the traffic's latency is in the observations."""
+        return ()
+
+
 ProbeConfig = Annotated[
-    HttpProbeConfig | JourneyProbeConfig | PostgresProbeConfig,
+    HttpProbeConfig | JourneyProbeConfig | PostgresProbeConfig | CloudRunTrafficProbeConfig,
     Field(discriminator="kind"),
 ]
 

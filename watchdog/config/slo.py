@@ -125,7 +125,26 @@ class MetricThresholdSli(ProbeSelector):
         return self
 
 
-Sli = Annotated[RatioSli | LatencySli | UptimeSli | MetricThresholdSli, Field(discriminator="kind")]
+class CountedRatioSli(ProbeSelector):
+    """Good events / all events counted by a probe's observations: per minute, events = the sum of the
+    ``total`` observations and bad = the sum of the ``bad`` ones (good = total - bad), e.g. a Cloud Run
+    revision's real requests and their 5xx (``cloud_run_traffic``: ``total: cloud_run_requests, bad:
+    cloud_run_5xx``). ``labels`` select the observation series (``revision: …``)."""
+
+    kind: Literal["counted_ratio"]
+    total: str = Field(min_length=1)
+    bad: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CountedRatioSli:
+        if self.total == self.bad:
+            raise ValueError("total and bad must be different observations")
+        return self
+
+
+Sli = Annotated[
+    RatioSli | LatencySli | UptimeSli | MetricThresholdSli | CountedRatioSli, Field(discriminator="kind")
+]
 
 TIME_SLICE_KINDS = frozenset({"uptime", "metric_threshold"})
 """SLI kinds measured in good/bad minutes rather than good/bad events."""

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from watchdog.config.gcp import GoogleCloud
 from watchdog.config.postgres import PostgresProbeConfig
-from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, ProbeConfig
+from watchdog.config.probes import (
+    CloudRunTrafficProbeConfig,
+    HttpProbeConfig,
+    JourneyProbeConfig,
+    ProbeConfig,
+)
 from watchdog.config.settings import ProbeDefaults
 from watchdog.core.clock import Clock
 from watchdog.core.results import Outcome, ProbeResult
@@ -60,10 +65,18 @@ def _postgres(config: Any, ctx: BuildContext) -> Probe:
     return PostgresProbe(config, defaults=ctx.defaults, clock=ctx.clock, google_cloud=ctx.google_cloud)
 
 
+def _cloud_run_traffic(config: Any, ctx: BuildContext) -> Probe:
+    # Imported on use: the Cloud Monitoring client is loaded only when such a probe is configured.
+    from watchdog.probes.cloud_run_traffic import CloudRunTrafficProbe
+
+    return CloudRunTrafficProbe(config, defaults=ctx.defaults, clock=ctx.clock, google_cloud=ctx.google_cloud)
+
+
 PROBE_KINDS: dict[type[Any], Callable[[Any, BuildContext], Probe]] = {
     HttpProbeConfig: _http,
     JourneyProbeConfig: _journey,
     PostgresProbeConfig: _postgres,
+    CloudRunTrafficProbeConfig: _cloud_run_traffic,
 }
 
 

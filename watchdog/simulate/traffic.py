@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 
 from watchdog.config.loader import WatchdogConfig
 from watchdog.config.postgres import PostgresProbeConfig
-from watchdog.config.probes import HttpProbeConfig, JourneyProbeConfig, ProbeConfig
+from watchdog.config.probes import (
+    CloudRunTrafficProbeConfig,
+    HttpProbeConfig,
+    JourneyProbeConfig,
+    ProbeConfig,
+)
 from watchdog.core.labels import labels_match
 from watchdog.core.results import Outcome, ProbeResult
 from watchdog.simulate.scenario import Scenario, Traffic
@@ -83,6 +88,10 @@ def units_of(probe: ProbeConfig, extra: Mapping[str, str]) -> list[Unit]:
                     )
                 )
         return units
+    if isinstance(probe, CloudRunTrafficProbeConfig):
+        # One result per run; the traffic it reads is Cloud Run's, not simulated.
+        labels = dict(probe.labels)
+        return [Unit(labels, labels_match(labels, extra), None, None)]
     assert isinstance(probe, PostgresProbeConfig)
     families = ["connectivity", *(f for f in _DB_FAMILIES if f in probe.checks)]
     if probe.host_metrics is not None and "host" in probe.checks:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from watchdog.config.slo import BurnRateAlert, MetricThresholdSli, SloConfig
+from watchdog.config.slo import BurnRateAlert, CountedRatioSli, MetricThresholdSli, SloConfig
 from watchdog.core.clock import Clock
 from watchdog.core.durations import format_duration
 from watchdog.core.labels import labels_match
@@ -78,7 +78,7 @@ class _Source:
         self.sli = slo.sli
         self.key = (source_key(slo.sli), gap_minutes)
         self.time_slices = slo.time_slices
-        self.observation = isinstance(slo.sli, MetricThresholdSli)
+        self.observation = isinstance(slo.sli, MetricThresholdSli | CountedRatioSli)
         self.gap_minutes = gap_minutes
         """Empty minutes tolerated before minutes count as missing (``no_data_after`` // 60)."""
         self.series = CumulativeSeries(0, 60, 64)
@@ -314,6 +314,9 @@ class SloEngine:
         for src in self._sources:
             if isinstance(src.sli, MetricThresholdSli):
                 self._obs_sources.setdefault((src.sli.probe, src.sli.observation), []).append(src)
+            elif isinstance(src.sli, CountedRatioSli):
+                for name in (src.sli.total, src.sli.bad):
+                    self._obs_sources.setdefault((src.sli.probe, name), []).append(src)
             else:
                 self._result_sources.setdefault(src.sli.probe, []).append(src)
         self._plans: dict[str, SeriesPlan] = {}
@@ -477,7 +480,7 @@ class SloEngine:
                 plan = self._plan(key, orow.probe, orow.name, orow.labels)
                 if not plan.sources:
                     continue
-                oblock = blocks[key] = ObservationBlock(n, plan)
+                oblock = blocks[key] = ObservationBlock(n, plan, orow.name)
             assert isinstance(oblock, ObservationBlock)
             oblock.add(orow.minute - start, orow)
         by_source: dict[int, list[Block]] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from operator import add, itemgetter
 
-from watchdog.config.slo import LatencySli, MetricThresholdSli, RatioSli, Sli, UptimeSli
+from watchdog.config.slo import CountedRatioSli, LatencySli, MetricThresholdSli, RatioSli, Sli, UptimeSli
 from watchdog.store.base import MinuteAggregate, ObservationMinute
 
 Column = list[float]
@@ -101,8 +101,10 @@ class ResultBlock:
 class ObservationBlock:
     """One observation series over minutes [start, start + n)."""
 
-    def __init__(self, n: int, plan: SeriesPlan) -> None:
+    def __init__(self, n: int, plan: SeriesPlan, name: str = "") -> None:
         self.plan = plan
+        self.name = name
+        """The observation's name (a ``counted_ratio`` source reads two)."""
         self.count: Column = [0.0] * n
         self.sum: Column = [0.0] * n
         self.lo: Column = [math.inf] * n
@@ -154,6 +156,8 @@ class ColumnCache:
 def source_columns(sli: Sli, blocks: Sequence[Block], cache: ColumnCache) -> tuple[Column, Column, Column]:
     """(good, total, events) of one SLI source over the block of minutes."""
     ids = tuple(id(b) for b in blocks)
+    if isinstance(sli, CountedRatioSli):
+        return _counted_columns(sli, [b for b in blocks if isinstance(b, ObservationBlock)], ids, cache)
     if isinstance(sli, MetricThresholdSli):
         obs = [b for b in blocks if isinstance(b, ObservationBlock)]
         return _metric_columns(sli, obs, ids, cache)
@@ -215,6 +219,24 @@ def _metric_columns(
         return [1.0 if c > 0 and v > bound else 0.0 for v, c in pairs]
 
     return cache.get((ids, "bound", sli.aggregate, below, above), good), present, count
+
+
+def _counted_columns(
+    sli: CountedRatioSli, obs: Sequence[ObservationBlock], ids: tuple[int, ...], cache: ColumnCache
+) -> tuple[Column, Column, Column]:
+    """(good, total, events): total and bad are the minute's sums of the two observations."""
+
+    def summed(name: str) -> Column:
+        cols = [b.sum for b in obs if b.name == name]
+        return _sum(cols) if cols else cache.zeros
+
+    total = cache.get((ids, "csum", sli.total), lambda: summed(sli.total))
+    bad = cache.get((ids, "csum", sli.bad), lambda: summed(sli.bad))
+
+    def good() -> Column:
+        return [max(0.0, t - b) for t, b in zip(total, bad, strict=True)]
+
+    return cache.get((ids, "cgood", sli.total, sli.bad), good), total, total
 
 
 def gap_columns(

@@ -10,6 +10,8 @@ different objective or window share it. For every minute a source yields ``(good
   ``min(fast, not failed)`` per series and minute), total = results.
 - uptime: one slice: good when the minute's good-result ratio >= ``minute_good_ratio``.
 - metric_threshold: one slice: good when the minute's max/min/avg/last observation is < below / > above.
+- counted_ratio: total = the minute's sum of the ``total`` observations, good = total - the sum of the
+  ``bad`` ones (events = total).
 
 ``events`` is the number of results (observations) behind the minute, for the low-traffic guard; a minute
 with no events has no data. A series is read by a source when it is of the source's probe (and observation
