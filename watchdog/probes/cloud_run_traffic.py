@@ -27,13 +27,10 @@ from watchdog.sources.base import MetricSourceError
 from watchdog.sources.cloud_monitoring import (
     SAMPLE_PERIOD_S,
     CloudMonitoringMetricSource,
-    Distribution,
-    MonitoringQuery,
-    cloud_run_filter,
     cloud_run_service,
+    cloud_run_traffic_minutes,
     complete_until,
     endpoint_of,
-    revision_filter,
 )
 
 KIND = "cloud_run_traffic"
@@ -41,65 +38,6 @@ REQUESTS, ERRORS_5XX, SLOW = "cloud_run_requests", "cloud_run_5xx", "cloud_run_s
 MAX_CATCH_UP_S = 3600.0
 """A run reads at most this much history (after a long outage of Cloud Monitoring, older minutes are
 skipped)."""
-
-
-def _filter(metric: str, service: str, revision: str) -> str:
-    return revision_filter(metric, service, revision) if revision else cloud_run_filter(metric, service)
-
-
-async def traffic_minutes(
-    source: CloudMonitoringMetricSource,
-    service: str,
-    revision: str,
-    start: float,
-    end: float,
-    *,
-    threshold_ms: float | None = None,
-    timeout_s: float = 10.0,
-) -> dict[tuple[str, float], list[float]]:
-    """``{(revision, minute end): [requests, 5xx, slow]}`` over ``[start, end)`` (whole minutes), of one
-    revision or (``revision`` empty) of every revision; minutes without requests are absent."""
-    if start % SAMPLE_PERIOD_S or end % SAMPLE_PERIOD_S or end <= start:
-        raise MetricSourceError("traffic minutes need whole-minute bounds, start before end")
-    deadline = time.monotonic() + timeout_s
-    counts = MonitoringQuery(
-        _filter("request_count", service, revision),
-        "ALIGN_DELTA",
-        reducer="REDUCE_SUM",
-        group_by=("resource.label.revision_name", "metric.label.response_code_class"),
-        lookback_s=end - start,
-        until=end,
-    )
-    minutes: dict[tuple[str, float], list[float]] = {}
-    for s in await source.series(counts, timeout_s=timeout_s):
-        rev = s.labels.get("revision_name", revision)
-        is_5xx = s.labels.get("response_code_class") == "5xx"
-        for p in s.points:
-            if isinstance(p.value, Distribution) or not start < p.end <= end:
-                continue
-            entry = minutes.setdefault((rev, p.end), [0.0, 0.0, 0.0])
-            entry[0] += p.value
-            if is_5xx:
-                entry[1] += p.value
-    if threshold_ms is not None:
-        latencies = MonitoringQuery(
-            _filter("request_latencies", service, revision),
-            "ALIGN_DELTA",
-            reducer="REDUCE_SUM",
-            group_by=("resource.label.revision_name",),
-            lookback_s=end - start,
-            until=end,
-        )
-        left = max(0.001, deadline - time.monotonic())
-        for s in await source.series(latencies, timeout_s=left):
-            rev = s.labels.get("revision_name", revision)
-            for p in s.points:
-                if not isinstance(p.value, Distribution):
-                    raise MetricSourceError("request_latencies answered a number, not a distribution")
-                if start < p.end <= end and (rev, p.end) in minutes:
-                    slow = p.value.count - p.value.count_at_or_under(threshold_ms)
-                    minutes[(rev, p.end)][2] += max(0.0, slow)
-    return {k: v for k, v in sorted(minutes.items()) if v[0] > 0}
 
 
 class CloudRunTrafficProbe:
@@ -162,7 +100,7 @@ class CloudRunTrafficProbe:
         if end <= start:
             return done(Outcome.OK, "no new complete minute yet")
         try:
-            minutes = await traffic_minutes(
+            minutes = await cloud_run_traffic_minutes(
                 self.source,
                 self.service,
                 self.config.revision,
@@ -175,12 +113,12 @@ class CloudRunTrafficProbe:
             return done(Outcome.FAILED, str(exc))
         self._cursor = end
         obs: list[Observation] = []
-        for (revision, _minute_end), (requests, errors, slow) in minutes.items():
+        for (revision, _minute_end), minute in minutes.items():
             labels = {**self.config.labels, "revision": revision}
-            obs.append(Observation(REQUESTS, requests, labels))
-            obs.append(Observation(ERRORS_5XX, errors, labels))
+            obs.append(Observation(REQUESTS, minute.requests, labels))
+            obs.append(Observation(ERRORS_5XX, minute.errors_5xx, labels))
             if threshold is not None:
-                obs.append(Observation(SLOW, slow, labels))
+                obs.append(Observation(SLOW, minute.slow, labels))
         revisions = sorted({rev for rev, _ in minutes})
         n = round((end - start) / SAMPLE_PERIOD_S)
         what = f"{n} minute{'s' if n != 1 else ''} to {_hhmm(end)} UTC"

@@ -786,6 +786,68 @@ def revision_filter(metric: str, service: str, revision: str) -> str:
     return f'{cloud_run_filter(metric, service)} AND resource.labels.revision_name="{revision}"'
 
 
+async def cloud_run_traffic_minutes(
+    source: CloudMonitoringMetricSource,
+    service: str,
+    revision: str,
+    start: float,
+    end: float,
+    *,
+    threshold_ms: float | None = None,
+    timeout_s: float = 10.0,
+) -> dict[tuple[str, float], RevisionMinute]:
+    """Cloud Run traffic minute by minute over ``[start, end)`` (both minute boundaries, placed by the
+    caller where the data is complete: ``complete_until``), per revision: of one ``revision``, or of every
+    revision when it is empty. ``{(revision, minute end): RevisionMinute}``, oldest first; a minute without
+    requests is absent. ``request_count`` aligned with ALIGN_DELTA per minute and summed by revision and
+    response code class; with ``threshold_ms``, also ``request_latencies`` merged per minute and revision (a
+    second call within the same ``timeout_s``: both or neither)."""
+    if start % SAMPLE_PERIOD_S or end % SAMPLE_PERIOD_S or end <= start:
+        raise MetricSourceError("traffic minutes need whole-minute bounds, start before end")
+    deadline = time.monotonic() + timeout_s
+
+    def metric_filter(metric: str) -> str:
+        return revision_filter(metric, service, revision) if revision else cloud_run_filter(metric, service)
+
+    # One revision: its filter selects it already; every revision: one series per revision.
+    by_revision: tuple[str, ...] = () if revision else ("resource.label.revision_name",)
+    counts = MonitoringQuery(
+        metric_filter("request_count"),
+        "ALIGN_DELTA",
+        reducer="REDUCE_SUM",
+        group_by=(*by_revision, "metric.label.response_code_class"),
+        lookback_s=end - start,
+        until=end,
+    )
+    minutes: dict[tuple[str, float], list[float]] = {}
+    for s in await source.series(counts, timeout_s=timeout_s):
+        rev = s.labels.get("revision_name", revision)
+        is_5xx = s.labels.get("response_code_class") == "5xx"
+        for p in s.points:
+            if isinstance(p.value, Distribution) or not start < p.end <= end:
+                continue
+            entry = minutes.setdefault((rev, p.end), [0.0, 0.0, 0.0])
+            entry[0] += p.value
+            if is_5xx:
+                entry[1] += p.value
+    if threshold_ms is not None:
+        latencies = replace(counts, filter=metric_filter("request_latencies"), group_by=by_revision)
+        left = max(0.001, deadline - time.monotonic())
+        for s in await source.series(latencies, timeout_s=left):
+            rev = s.labels.get("revision_name", revision)
+            for p in s.points:
+                if not isinstance(p.value, Distribution):
+                    raise MetricSourceError("request_latencies answered a number, not a distribution")
+                if start < p.end <= end and (rev, p.end) in minutes:
+                    slow = p.value.count - p.value.count_at_or_under(threshold_ms)
+                    minutes[(rev, p.end)][2] += max(0.0, slow)
+    return {
+        key: RevisionMinute(key[1], round(n), round(e), slow)
+        for key, (n, e, slow) in sorted(minutes.items())
+        if n > 0
+    }
+
+
 async def cloud_run_revision_minutes(
     source: CloudMonitoringMetricSource,
     service: str,
@@ -796,44 +858,11 @@ async def cloud_run_revision_minutes(
     threshold_ms: float | None = None,
     timeout_s: float = 10.0,
 ) -> list[RevisionMinute]:
-    """One revision's traffic minute by minute over ``[start, end)`` (both minute boundaries, placed by the
-    caller where the data is complete: ``complete_until``), oldest first; a minute without requests is
-    absent. ``request_count`` aligned with ALIGN_DELTA per minute and summed by response code class; with
-    ``threshold_ms``, also ``request_latencies`` merged per minute (a second call: both or neither)."""
-    if start % SAMPLE_PERIOD_S or end % SAMPLE_PERIOD_S or end <= start:
-        raise MetricSourceError("a revision's minutes need whole-minute bounds, start before end")
-    counts = MonitoringQuery(
-        revision_filter("request_count", service, revision),
-        "ALIGN_DELTA",
-        reducer="REDUCE_SUM",
-        group_by=("metric.label.response_code_class",),
-        lookback_s=end - start,
-        until=end,
+    """One revision's traffic minute by minute (``cloud_run_traffic_minutes``), oldest first."""
+    minutes = await cloud_run_traffic_minutes(
+        source, service, revision, start, end, threshold_ms=threshold_ms, timeout_s=timeout_s
     )
-    minutes: dict[float, list[float]] = {}
-    for s in await source.series(counts, timeout_s=timeout_s):
-        is_5xx = s.labels.get("response_code_class") == "5xx"
-        for p in s.points:
-            if isinstance(p.value, Distribution) or not start < p.end <= end:
-                continue
-            entry = minutes.setdefault(p.end, [0.0, 0.0, 0.0])
-            entry[0] += p.value
-            if is_5xx:
-                entry[1] += p.value
-    if threshold_ms is not None:
-        latencies = replace(
-            counts, filter=revision_filter("request_latencies", service, revision), group_by=()
-        )
-        for s in await source.series(latencies, timeout_s=timeout_s):
-            for p in s.points:
-                if not isinstance(p.value, Distribution):
-                    raise MetricSourceError("request_latencies answered a number, not a distribution")
-                if start < p.end <= end:
-                    slow = p.value.count - p.value.count_at_or_under(threshold_ms)
-                    minutes.setdefault(p.end, [0.0, 0.0, 0.0])[2] += max(0.0, slow)
-    return [
-        RevisionMinute(at, round(n), round(e), slow) for at, (n, e, slow) in sorted(minutes.items()) if n > 0
-    ]
+    return list(minutes.values())
 
 
 def newest(samples: Sequence[Sample]) -> float | None:
@@ -859,6 +888,7 @@ __all__ = [
     "cloud_run_latencies",
     "cloud_run_request_counts",
     "cloud_run_revision_minutes",
+    "cloud_run_traffic_minutes",
     "cloud_sql_queries",
     "complete_until",
     "describe_error",
