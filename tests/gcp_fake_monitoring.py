@@ -693,6 +693,46 @@ def latency_distribution(samples_ms: Sequence[float], *, growth: float = 1.4, bu
     return d
 
 
+def add_revision_traffic(
+    fake: FakeMonitoring,
+    revision: str,
+    ends: Iterable[float],
+    requests: int,
+    errors: int,
+    *,
+    project: str,
+    service: str = "ai-square",
+) -> None:
+    """Cloud Run's own points for ``revision``: per minute ending at each of ``ends``, ``requests``
+    requests of which ``errors`` answered 503, latencies 20-65 ms (a tenth each of 20, 25, ... 65)."""
+    res = {
+        "project_id": project,
+        "service_name": service,
+        "revision_name": revision,
+        "location": "asia-east1",
+        "configuration_name": service,
+    }
+    ends = list(ends)
+    for cls, code, n in (("2xx", "200", requests - errors), ("5xx", "503", errors)):
+        if n:
+            fake.add(
+                "run.googleapis.com/request_count",
+                [(t, n) for t in ends],
+                metric_labels={"response_code_class": cls, "response_code": code, "route": "/"},
+                resource_type="cloud_run_revision",
+                resource_labels=res,
+                kind="DELTA",
+            )
+    samples = [20.0 + (i % 10) * 5 for i in range(requests)]
+    fake.add(
+        "run.googleapis.com/request_latencies",
+        [(t, latency_distribution(samples)) for t in ends],
+        resource_type="cloud_run_revision",
+        resource_labels=res,
+        kind="DELTA",
+    )
+
+
 def populate(
     fake: FakeMonitoring,
     *,

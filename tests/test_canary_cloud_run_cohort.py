@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from gcp_fake_monitoring import FakeMonitoring, latency_distribution
+from gcp_fake_monitoring import FakeMonitoring, add_revision_traffic
 from pydantic import ValidationError
 
 from watchdog.canary import cohorts
@@ -56,37 +56,9 @@ def traffic(
     ends: Iterable[float],
     requests: int,
     errors: int,
-    *,
     service: str = "ai-square",
 ) -> None:
-    """Cloud Run's own points for ``revision``: per minute ending at each of ``ends``, ``requests``
-    requests of which ``errors`` answered 503, all of them 20-65 ms."""
-    res = {
-        "project_id": PROJECT,
-        "service_name": service,
-        "revision_name": revision,
-        "location": "asia-east1",
-        "configuration_name": service,
-    }
-    ends = list(ends)
-    for cls, code, n in (("2xx", "200", requests - errors), ("5xx", "503", errors)):
-        if n:
-            fake.add(
-                "run.googleapis.com/request_count",
-                [(t, n) for t in ends],
-                metric_labels={"response_code_class": cls, "response_code": code, "route": "/"},
-                resource_type="cloud_run_revision",
-                resource_labels=res,
-                kind="DELTA",
-            )
-    samples = [20.0 + (i % 10) * 5 for i in range(requests)]
-    fake.add(
-        "run.googleapis.com/request_latencies",
-        [(t, latency_distribution(samples)) for t in ends],
-        resource_type="cloud_run_revision",
-        resource_labels=res,
-        kind="DELTA",
-    )
+    add_revision_traffic(fake, revision, ends, requests, errors, project=PROJECT, service=service)
 
 
 def _rollout(**overrides: Any) -> Rollout:

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-from gcp_fake_monitoring import FakeMonitoring, latency_distribution
+from gcp_fake_monitoring import FakeMonitoring, add_revision_traffic
 from pydantic import ValidationError
 
 from watchdog.config.gcp import GoogleCloud
@@ -45,35 +45,15 @@ def complete_until(now: float) -> float:
     return math.floor((now - COMPLETE_AFTER_S) / 60) * 60
 
 
-def traffic(fake: FakeMonitoring, revision: str, ends: Iterable[float], requests: int, errors: int) -> None:
-    """Cloud Run's points for ``revision``: per minute ending at each of ``ends``, ``requests`` requests of
-    which ``errors`` answered 503, latencies 20-65 ms (a tenth each of 20, 25, ... 65)."""
-    res = {
-        "project_id": PROJECT,
-        "service_name": "ai-square",
-        "revision_name": revision,
-        "location": "asia-east1",
-        "configuration_name": "ai-square",
-    }
-    ends = list(ends)
-    for cls, code, n in (("2xx", "200", requests - errors), ("5xx", "503", errors)):
-        if n:
-            fake.add(
-                "run.googleapis.com/request_count",
-                [(t, n) for t in ends],
-                metric_labels={"response_code_class": cls, "response_code": code, "route": "/"},
-                resource_type="cloud_run_revision",
-                resource_labels=res,
-                kind="DELTA",
-            )
-    samples = [20.0 + (i % 10) * 5 for i in range(requests)]
-    fake.add(
-        "run.googleapis.com/request_latencies",
-        [(t, latency_distribution(samples)) for t in ends],
-        resource_type="cloud_run_revision",
-        resource_labels=res,
-        kind="DELTA",
-    )
+def traffic(
+    fake: FakeMonitoring,
+    revision: str,
+    ends: Iterable[float],
+    requests: int,
+    errors: int,
+    service: str = "ai-square",
+) -> None:
+    add_revision_traffic(fake, revision, ends, requests, errors, project=PROJECT, service=service)
 
 
 @pytest.fixture(scope="module")
