@@ -68,3 +68,14 @@ def fail(message: str) -> NoReturn:
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def pick_rollout(names: list[str], rollout_name: str | None, which: str = "rollouts") -> str:
+    """The rollout ``--rollout`` names, or the only one there is (a usage error otherwise); ``which``
+    says what ``names`` are ("rollouts", "rollouts with cloud_run")."""
+    if rollout_name is None and len(names) > 1:
+        raise click.UsageError(f"several {which} ({', '.join(names)}): say which with --rollout")
+    if rollout_name is not None and rollout_name not in names:
+        singular = which.replace("rollouts", "rollout", 1)
+        raise click.UsageError(f"no {singular} named {rollout_name!r} (have {', '.join(names)})")
+    return rollout_name or names[0]

@@ -23,6 +23,7 @@ from watchdog.cli._common import (
     fail,
     iso,
     load_or_exit,
+    pick_rollout,
     store_option,
 )
 from watchdog.config import WatchdogConfig
@@ -48,11 +49,7 @@ def _with_guard(
     config: WatchdogConfig = load_or_exit(config_dir)
     if not config.rollouts:
         fail(f"no rollouts in {config_dir}/alerts/*.yaml (rollouts: [...])")
-    names = [r.name for r in config.rollouts]
-    if rollout_name is None and len(names) > 1:
-        raise click.UsageError(f"several rollouts ({', '.join(names)}): say which with --rollout")
-    if rollout_name is not None and rollout_name not in names:
-        raise click.UsageError(f"no rollout named {rollout_name!r} (have {', '.join(names)})")
+    chosen = pick_rollout([r.name for r in config.rollouts], rollout_name)
     try:
         store = open_configured_store(config, state_spec)
     except ValueError as exc:
@@ -64,7 +61,7 @@ def _with_guard(
             clock = SystemClock()
             manager = IncidentManager(config, store, clock)
             guards = build_guards(config, store, manager, clock, os.environ)
-            guard = next(g for g in guards if g.rollout.name == (rollout_name or names[0]))
+            guard = next(g for g in guards if g.rollout.name == chosen)
             return await use(guard)
         finally:
             await store.close()

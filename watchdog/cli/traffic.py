@@ -28,6 +28,7 @@ from watchdog.cli._common import (
     fail,
     iso,
     load_or_exit,
+    pick_rollout,
     store_option,
 )
 from watchdog.config import WatchdogConfig
@@ -56,13 +57,8 @@ def _with_traffic(
     names = [r.name for r in config.rollouts if r.cloud_run is not None]
     if not names:
         fail(f"no rollout in {config_dir}/alerts/*.yaml has cloud_run: {{...}}")
-    if rollout_name is None and len(names) > 1:
-        raise click.UsageError(
-            f"several rollouts with cloud_run ({', '.join(names)}): say which with --rollout"
-        )
-    if rollout_name is not None and rollout_name not in names:
-        raise click.UsageError(f"no rollout with cloud_run named {rollout_name!r} (have {', '.join(names)})")
-    rollout = next(r for r in config.rollouts if r.name == (rollout_name or names[0]))
+    chosen = pick_rollout(names, rollout_name, "rollouts with cloud_run")
+    rollout = next(r for r in config.rollouts if r.name == chosen)
     gcp = config.settings.google_cloud
     try:
         store = open_configured_store(config, state_spec)
